@@ -1,0 +1,308 @@
+"""``egd()``: Egalitarian Gradient Descent as an optax gradient transformation.
+
+EGD (ICLR 2026) replaces the gradient G of every weight matrix by its polar
+factor (GGᵀ)^{-1/2}G = UVᵀ: the singular directions are kept and every
+singular value becomes one, so slow directions are no longer starved and the
+grokking plateau shrinks. ``egd()`` is a preconditioner only; chain it in front
+of the optimizer that owns the learning rate.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax, optax_egd
+  >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+  >>> tx = optax.chain(optax_egd.egd(method="svd"), optax.sgd(0.1))
+  >>> state = tx.init(params)
+  >>> grads = {"w": jnp.array([[2.0, 0.0], [0.0, 0.5], [0.0, 0.0]]),
+  ...          "b": jnp.ones(2)}
+  >>> updates, state = jax.jit(tx.update)(grads, state)
+  >>> updates["w"]  # unit singular values, times -lr
+  Array([[-0.1, -0. ],
+         [-0. , -0.1],
+         [-0. , -0. ]], dtype=float32)
+  >>> state = optax.tree.set(state, enabled=False)  # EGD off: plain SGD
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, get_args
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax.contrib import MuonDimensionNumbers
+
+from optax_egd.polar import compute_dtype
+from optax_egd.polar import Method
+from optax_egd.polar import polar
+from optax_egd.polar import validate
+
+DimensionNumbers = MuonDimensionNumbers
+"""Which axes of a leaf form the matrix: ``reduction_axis`` (fan-in) and
+``output_axis`` (fan-out); all other axes are a batch. optax's own
+``MuonDimensionNumbers``, so one spec serves both ``egd`` and ``muon``."""
+
+Scale = Literal["none", "muon", "rms"]
+SCALES: tuple[str, ...] = get_args(Scale)
+RMS_TARGET = 0.2  # AdamW's typical update RMS (Liu et al., 2025).
+
+DimensionNumbersSpec = (
+    DimensionNumbers | Any | Callable[[Any], Any] | None
+)
+
+
+class EGDState(NamedTuple):
+  """State of :func:`egd`.
+
+  Attributes:
+    count: number of updates applied so far (int32).
+    key: raw ``jax.random`` key data (uint32), split every step; used by
+      ``method="rsvd"``. Raw data rather than a typed key so the state
+      checkpoints and tree-maps like any other array.
+    enabled: bool scalar; ``False`` makes the transform the identity and skips
+      every decomposition. Flip it with ``optax.tree.set(state, enabled=False)``.
+  """
+
+  count: chex.Array
+  key: chex.Array
+  enabled: chex.Array
+
+
+def _key_data(key: Any) -> jax.Array:
+  """Raw uint32 key data from an int seed, a typed key, or raw key data."""
+  if isinstance(key, bool):
+    raise TypeError(f"key must be an int seed or a jax.random key, got {key!r}")
+  if isinstance(key, (int, np.integer)):
+    return jax.random.key_data(jax.random.key(key))
+  if isinstance(key, (jax.Array, np.ndarray)):
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+      if key.shape != ():
+        raise ValueError(f"key must be a single key, got shape {key.shape}")
+      return jax.random.key_data(key)
+    if key.dtype == jnp.uint32 and key.shape == (2,):
+      return jnp.asarray(key)
+    if jnp.issubdtype(key.dtype, jnp.integer) and key.shape == ():
+      return jax.random.key_data(jax.random.key(key))
+  raise TypeError(
+      "key must be an int seed, a jax.random.key, or raw uint32[2] key data,"
+      f" got {key!r}")
+
+
+def _check_rtol(rtol: Any) -> None:
+  if rtol is None:
+    return
+  if isinstance(rtol, bool) or not isinstance(
+      rtol, (int, float, np.ndarray, jax.Array)):
+    raise TypeError(f"rtol must be a float or None, got {rtol!r}")
+  if isinstance(rtol, (int, float)) and not 0 <= rtol < 1:
+    raise ValueError(f"rtol must be in [0, 1), got {rtol}")
+
+
+def _check_enabled(enabled: Any) -> None:
+  if isinstance(enabled, bool):
+    return
+  if isinstance(enabled, (jax.Array, np.ndarray)) and enabled.shape == () and (
+      enabled.dtype == jnp.bool_):
+    return
+  raise TypeError(f"enabled must be a bool, got {enabled!r}")
+
+
+def _resolve_dims(spec: DimensionNumbersSpec, tree: Any) -> Any:
+  """A tree matching ``tree`` with a DimensionNumbers (or None) per leaf."""
+  if callable(spec) and not isinstance(spec, DimensionNumbers):
+    spec = spec(tree)
+  if spec is None or isinstance(spec, DimensionNumbers):
+    return jax.tree.map(lambda _: spec, tree)
+  return spec
+
+
+def _is_dims(x: Any) -> bool:
+  return x is None or isinstance(x, DimensionNumbers)
+
+
+class _Matrixify(NamedTuple):
+  """How one leaf becomes a (batch, m, n) stack of matrices and back."""
+
+  perm: tuple[int, ...]
+  stacked_shape: tuple[int, int, int]
+  permuted_shape: tuple[int, ...]
+
+  @classmethod
+  def of(cls, shape: tuple[int, ...], dims: DimensionNumbers | None
+         ) -> _Matrixify:
+    ndim = len(shape)
+    if dims is None:
+      rows, cols = (ndim - 2,), (ndim - 1,)
+    else:
+      as_tuple = lambda a: (a,) if isinstance(a, int) else tuple(a)
+      rows = tuple(a % ndim for a in as_tuple(dims.reduction_axis))
+      cols = tuple(a % ndim for a in as_tuple(dims.output_axis))
+      if set(rows) & set(cols):
+        raise ValueError(
+            f"dimension_numbers axes must be disjoint, got {dims} for a leaf"
+            f" of shape {shape}")
+    batch = tuple(a for a in range(ndim) if a not in rows + cols)
+    perm = batch + rows + cols
+    size = lambda axes: math.prod(shape[a] for a in axes)
+    return cls(perm, (size(batch), size(rows), size(cols)),
+               tuple(shape[a] for a in perm))
+
+  def to_stack(self, x: jax.Array) -> jax.Array:
+    return x.transpose(self.perm).reshape(self.stacked_shape)
+
+  def from_stack(self, x: jax.Array) -> jax.Array:
+    return x.reshape(self.permuted_shape).transpose(np.argsort(self.perm))
+
+
+def _shape_scale(scale: str, m: int, n: int) -> float:
+  """Per-matrix factor for a (fan_in=m, fan_out=n) update with unit σ's."""
+  if scale == "muon":
+    return math.sqrt(max(1.0, n / m))
+  if scale == "rms":
+    return RMS_TARGET * math.sqrt(max(m, n))
+  return 1.0
+
+
+def egd(
+    method: Method | str = "auto",
+    *,
+    rank: int | None = None,
+    oversample: int | None = None,
+    power_iters: int | None = None,
+    ns_steps: int | None = None,
+    rtol: float | jax.Array | None = None,
+    scale: Scale | str = "none",
+    key: int | jax.Array = 0,
+    dimension_numbers: DimensionNumbersSpec = None,
+    enabled: bool | jax.Array = True,
+) -> optax.GradientTransformationExtraArgs:
+  """Egalitarian Gradient Descent: replace each matrix gradient by UVᵀ.
+
+  Every leaf with two or more dimensions is replaced by its polar factor (see
+  :func:`optax_egd.polar`); leaves with fewer dimensions pass through
+  untouched. Leaves of the same matrix shape are stacked and decomposed in one
+  batched call.
+
+  Args:
+    method: polar algorithm, one of ``optax_egd.METHODS``; static.
+    rank: sketch rank for ``method="rsvd"`` (required there); static.
+    oversample: extra sketch columns for ``"rsvd"`` (default 10); static.
+    power_iters: subspace iterations for ``"rsvd"`` (default 2); static.
+    ns_steps: iterations of ``"newton_schulz"``/``"polar_express"``; static.
+    rtol: relative cutoff for small singular values, σ ↦ σ/max(σ, rtol·σ_max).
+      ``None`` means ``max(m, n)·eps`` per matrix (the float noise floor: small
+      directions are what EGD is for, so keep the cutoff low). May be traced.
+    scale: ``"none"`` (the paper: unit singular values), ``"muon"``
+      (× sqrt(max(1, fan_out/fan_in)), Muon's width scaling) or ``"rms"``
+      (× 0.2·sqrt(max(fan_in, fan_out)), so the update RMS is about 0.2 like
+      AdamW's, and one learning rate fits layers of different shapes).
+    key: an int seed, a ``jax.random.key``, or raw key data; the state holds it
+      and splits it every step. May be traced (``inject_hyperparams``).
+    dimension_numbers: which axes of a leaf form the matrix, as a
+      :class:`DimensionNumbers`, a tree of them (``None`` leaves take the
+      default), or a callable from params to such a tree. Default: the last two
+      axes form the matrix and leading axes are a batch (stacked or scanned
+      layers). For a conv kernel (h, w, in, out) use
+      ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``.
+    enabled: initial value of ``state.enabled``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with state :class:`EGDState`.
+
+  Raises:
+    ValueError / TypeError at construction for a bad argument, naming it.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_egd
+    >>> tx = optax.chain(optax_egd.egd(method="rsvd", rank=2),
+    ...                  optax.adamw(1e-3))
+    >>> state = tx.init({"w": jnp.ones((4, 3))})
+  """
+  validate(method, rank=rank, oversample=oversample,
+                     power_iters=power_iters, ns_steps=ns_steps)
+  _check_rtol(rtol)
+  if method == "qdwh" and rtol is not None and not isinstance(rtol, float):
+    raise TypeError(f"method='qdwh' needs rtol as a Python float, got {rtol!r}")
+  if not isinstance(scale, str) or scale not in SCALES:
+    raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+  _check_enabled(enabled)
+  key_data = _key_data(key)
+  if not (dimension_numbers is None or callable(dimension_numbers)
+          or isinstance(dimension_numbers, (DimensionNumbers, dict, list,
+                                            tuple))):
+    raise TypeError(
+        "dimension_numbers must be a DimensionNumbers, a tree of them, a"
+        f" callable, or None; got {dimension_numbers!r}")
+
+  def check_leaves(tree: Any) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      dtype = getattr(leaf, "dtype", None)
+      if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(
+            f"egd needs floating leaves; leaf {jax.tree_util.keystr(path)} has"
+            f" dtype {dtype}")
+      if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(
+            f"egd supports real leaves only; leaf {jax.tree_util.keystr(path)}"
+            f" has dtype {dtype}")
+
+  def init_fn(params: optax.Params) -> EGDState:
+    check_leaves(params)
+    return EGDState(
+        count=jnp.zeros([], jnp.int32),
+        key=key_data,
+        enabled=jnp.asarray(enabled, jnp.bool_),
+    )
+
+  def precondition(updates: optax.Updates, step_key: jax.Array
+                   ) -> optax.Updates:
+    leaves, treedef = jax.tree.flatten(updates)
+    dims = treedef.flatten_up_to(
+        _resolve_dims(dimension_numbers, updates)) if leaves else []
+    groups: dict[tuple[int, int, Any], list[int]] = {}
+    layouts: dict[int, _Matrixify] = {}
+    for i, (leaf, dim) in enumerate(zip(leaves, dims)):
+      if leaf.ndim >= 2:
+        layouts[i] = _Matrixify.of(leaf.shape, dim)
+        _, m, n = layouts[i].stacked_shape
+        groups.setdefault((m, n, compute_dtype(leaf.dtype)),
+                          []).append(i)
+    out = list(leaves)
+    for g, ((m, n, dtype), members) in enumerate(sorted(
+        groups.items(), key=lambda kv: kv[1][0])):
+      stacks = [layouts[i].to_stack(leaves[i]).astype(dtype) for i in members]
+      sizes = [s.shape[0] for s in stacks]
+      merged = stacks[0] if len(stacks) == 1 else jnp.concatenate(stacks)
+      result = polar(
+          merged, method, rtol=rtol, rank=rank, oversample=oversample,
+          power_iters=power_iters, ns_steps=ns_steps,
+          key=jax.random.fold_in(step_key, g))
+      result = result * _shape_scale(scale, m, n)
+      for i, part in zip(members, jnp.split(result, np.cumsum(sizes)[:-1])):
+        out[i] = layouts[i].from_stack(part).astype(leaves[i].dtype)
+    return jax.tree.unflatten(treedef, out)
+
+  def update_fn(
+      updates: optax.Updates,
+      state: EGDState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, EGDState]:
+    del params, extra_args
+    check_leaves(updates)
+    next_key, step_key = jax.random.split(jax.random.wrap_key_data(state.key))
+    enabled_now = jnp.asarray(state.enabled, jnp.bool_)
+    updates = jax.lax.cond(
+        enabled_now,
+        lambda u: precondition(u, step_key),
+        lambda u: u,
+        updates)
+    return updates, EGDState(
+        count=optax.safe_increment(state.count),
+        key=jax.random.key_data(next_key),
+        enabled=enabled_now,
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
