@@ -5,25 +5,24 @@ Example:
   >>> tx = optax.chain(optax_egd.egd(), optax.sgd(0.7))
 """
 
-from optax_egd.baselines import column_norm
-from optax_egd.baselines import grokfast_ema
-from optax_egd.baselines import grokfast_ma
-from optax_egd.baselines import GrokfastEmaState
-from optax_egd.baselines import GrokfastMaState
-from optax_egd.baselines import orthograd
-from optax_egd.polar import auto_method
-from optax_egd.polar import METHODS
-from optax_egd.polar import polar
-from optax_egd.spectrum import spectrum
-from optax_egd.spectrum import SpectrumInfo
-from optax_egd.transform import DimensionNumbers
-from optax_egd.transform import egd
-from optax_egd.transform import EGDState
+from optax_egd.baselines import (
+    GrokfastEmaState,
+    GrokfastMaState,
+    column_norm,
+    grokfast_ema,
+    grokfast_ma,
+    orthograd,
+)
+from optax_egd.distributed import Distribute
+from optax_egd.polar import METHODS, auto_method, polar
+from optax_egd.spectrum import SpectrumInfo, spectrum
+from optax_egd.transform import DimensionNumbers, EGDState, egd
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DimensionNumbers",
+    "Distribute",
     "EGDState",
     "GrokfastEmaState",
     "GrokfastMaState",

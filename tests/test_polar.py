@@ -1,0 +1,471 @@
+"""Correctness tests for optax_egd.polar against a float64 NumPy reference.
+
+The reference is the float64 SVD polar factor, with the module's cutoff map
+σ ↦ σ/max(σ, rtol·σ_max), of the input as the code sees it (rounded to its
+dtype), never the code's own output. Matrix shapes are few and small on
+purpose: every new (method, shape) pair costs a compile.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optax_egd.polar import (
+  METHODS,
+  auto_method,
+  compute_dtype,
+  default_rtol,
+  polar,
+)
+
+F32_EPS = float(np.finfo(np.float32).eps)
+EXACT = ("svd", "qdwh", "rsvd", "eigh")
+ALL = ("svd", "qdwh", "rsvd", "eigh", "polar_express", "newton_schulz")
+ZOO_SHAPES = ((16, 16), (24, 8), (8, 24))
+EDGE_SHAPES = ((1, 1), (1, 9), (9, 1), (2, 2000), (2000, 2))
+PROP_SHAPES = ZOO_SHAPES + ((1, 9), (9, 1), (1, 1))
+
+# Documented behaviour per method (see the "Guarantees" in polar.py):
+#   resolved: which reference directions count as resolved, as
+#     (threshold, "max" | "fro"): σ ≥ threshold·σ_max or ≥ threshold·‖G‖_F;
+#   band: the singular values resolved directions land in;
+#   dev: max |UᵀYV − I| on resolved directions (None: approximate method);
+#   max_sv: no output singular value exceeds this;
+#   noise: spectral norm of the output outside the signal of a rank-k input.
+SPEC: dict[str, dict[str, Any]] = {
+  "svd": dict(resolved=(1e-3, "max"), band=(1 - 1e-5, 1 + 1e-5), dev=1e-4,
+              max_sv=1 + 1e-5, noise=0.1),
+  "rsvd": dict(resolved=(1e-3, "max"), band=(1 - 1e-5, 1 + 1e-5), dev=1e-4,
+               max_sv=1 + 1e-5, noise=0.1),
+  "qdwh": dict(resolved=(1e-3, "max"), band=(1 - 1e-5, 1 + 1e-5), dev=1e-4,
+               max_sv=1 + 1e-5, noise=0.5),
+  "eigh": dict(resolved=(1e-2, "max"), band=(1 - 1e-3, 1 + 1e-3), dev=1e-3,
+               max_sv=1.1, noise=1e-3),
+  "polar_express": dict(resolved=(1e-3, "fro"), band=(1 - 1e-5, 1 + 1e-5),
+                        dev=1e-4, max_sv=1 + 1e-5, noise=1e-3),
+  "newton_schulz": dict(resolved=(2e-3, "fro"), band=(0.68, 1.21), dev=None,
+                        max_sv=1.21, noise=1e-3),
+}
+
+
+# ----------------------------------------------------------------- helpers ---
+
+
+def _orth(rng: np.random.Generator, n: int) -> np.ndarray:
+  q, r = np.linalg.qr(rng.standard_normal((n, n)))
+  return q * np.sign(np.diag(r))
+
+
+def _with_sv(rng, m: int, n: int, s) -> np.ndarray:
+  k = min(m, n)
+  return (_orth(rng, m)[:, :k] * s) @ _orth(rng, n)[:, :k].T
+
+
+def _well_conditioned(rng, m: int, n: int) -> np.ndarray:
+  """Orthogonal × singular values in [0.1, 1] × orthogonal, in float32."""
+  s = rng.uniform(0.1, 1.0, min(m, n))
+  return _with_sv(rng, m, n, s).astype(np.float32)
+
+
+def _ref(x, rtol: float | None = None, eps: float = F32_EPS) -> np.ndarray:
+  """float64 SVD polar factor of ``x`` with the module's cutoff map."""
+  x = np.asarray(x, np.float64)
+  if rtol is None:
+    rtol = max(x.shape[-2:]) * eps
+  u, s, vh = np.linalg.svd(x, full_matrices=False)
+  den = np.maximum(s, rtol * s[..., :1])
+  f = np.where(den == 0, 0.0, s / np.where(den == 0, 1.0, den))
+  return (u * f[..., None, :]) @ vh
+
+
+def _relerr(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  nb = np.linalg.norm(b)
+  return float(np.linalg.norm(a - b) / (nb if nb > 0 else 1.0))
+
+
+def _sv(y) -> np.ndarray:
+  return np.linalg.svd(np.asarray(y, np.float64), compute_uv=False)
+
+
+def _polar(x, method: str, **kw) -> np.ndarray:
+  x = jnp.asarray(x)
+  if method == "rsvd":
+    kw.setdefault("rank", min(x.shape[-2:]))
+    kw.setdefault("key", jax.random.key(0))
+  return np.asarray(polar(x, method, **kw))
+
+
+def _signal_split(x, y, k: int | None, method: str):
+  """(C, E): y on x's resolved (or top-k) singular pairs, and the rest."""
+  u, s, vh = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+  if k is None:
+    thr, rel = SPEC[method]["resolved"]
+    scale = s[0] if rel == "max" else np.linalg.norm(s)
+    keep = s >= thr * scale
+  else:
+    keep = np.arange(len(s)) < k
+  u, vh = u[:, keep], vh[keep]
+  y = np.asarray(y, np.float64)
+  c = u.T @ y @ vh.T
+  return c, y - u @ c @ vh
+
+
+def _check_resolved(x, y, method: str, k: int | None = None) -> None:
+  spec = SPEC[method]
+  c, _ = _signal_split(x, y, k, method)
+  lo, hi = spec["band"]
+  sc = _sv(c)
+  assert lo <= sc.min() and sc.max() <= hi, (method, sc.min(), sc.max())
+  if spec["dev"] is not None:
+    dev = np.abs(c - np.eye(len(c))).max()
+    assert dev <= spec["dev"], (method, dev)
+
+
+# ------------------------------------------------------- the adversarial zoo ---
+
+
+def _zoo(m: int, n: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(m * 100 + n)
+  k = min(m, n)
+  wc = _well_conditioned(rng, m, n)
+  nan, inf = wc.copy(), wc.copy()
+  nan[m // 2, n // 2] = np.nan
+  inf[0, -1], inf[-1, 0] = np.inf, -np.inf
+  items = {
+    "wellcond": wc,
+    "gauss": rng.standard_normal((m, n)),
+    "rank1": np.outer(rng.standard_normal(m), rng.standard_normal(n)),
+    "rank3": rng.standard_normal((m, 3)) @ rng.standard_normal((3, n)),
+    "const": np.full((m, n), 0.3),
+    "zero": np.zeros((m, n)),
+    "cond1e6": _with_sv(rng, m, n, np.logspace(0, -6, k)),
+    "cond1e12": _with_sv(rng, m, n, np.logspace(0, -12, k)),
+    "huge": wc * np.float32(1e30),
+    "tiny": wc * np.float32(1e-30),
+    "nan": nan,
+    "inf": inf,
+  }
+  return {name: np.asarray(v, np.float32) for name, v in items.items()}
+
+
+LOW_RANK = {"rank1": 1, "rank3": 3, "const": 1}
+FINITE = ("wellcond", "gauss", "rank1", "rank3", "const", "zero", "cond1e6",
+          "cond1e12", "huge", "tiny")
+
+
+@functools.cache
+def _zoo_out(shape: tuple[int, int], method: str):
+  xs = _zoo(*shape)
+  return xs, {name: _polar(x, method) for name, x in xs.items()}
+
+
+zoo_cases = pytest.mark.parametrize(
+  "shape,method", [(s, m) for s in ZOO_SHAPES for m in ALL],
+  ids=[f"{s[0]}x{s[1]}-{m}" for s in ZOO_SHAPES for m in ALL])
+
+
+@zoo_cases
+def test_zoo_finite_nan_zero(shape, method):
+  xs, ys = _zoo_out(shape, method)
+  for name, y in ys.items():
+    assert y.shape == shape and y.dtype == np.float32, name
+  for name in FINITE:
+    assert np.isfinite(ys[name]).all(), name
+  for name in ("nan", "inf"):
+    assert np.isnan(ys[name]).all(), name  # Whole matrix NaN, not just a row.
+  np.testing.assert_array_equal(ys["zero"], 0)
+
+
+@zoo_cases
+def test_zoo_resolved_directions(shape, method):
+  xs, ys = _zoo_out(shape, method)
+  for name in FINITE:
+    if name != "zero":
+      _check_resolved(xs[name], ys[name], method, LOW_RANK.get(name))
+
+
+@zoo_cases
+def test_zoo_never_above_one_plus_delta(shape, method):
+  _, ys = _zoo_out(shape, method)
+  for name in FINITE:
+    top = _sv(ys[name])[0]
+    assert top <= SPEC[method]["max_sv"], (name, top)
+
+
+@zoo_cases
+def test_zoo_null_directions_stay_small(shape, method):
+  xs, ys = _zoo_out(shape, method)
+  for name, k in LOW_RANK.items():
+    _, e = _signal_split(xs[name], ys[name], k, method)
+    noise = np.linalg.norm(e, 2)
+    assert noise <= SPEC[method]["noise"], (name, noise)
+
+
+@zoo_cases
+def test_zoo_matches_reference(shape, method):
+  xs, ys = _zoo_out(shape, method)
+  names = ["wellcond", "huge", "tiny"]
+  if method in ("svd", "qdwh", "rsvd") or (method == "eigh" and
+                                            shape[0] != shape[1]):
+    names.append("gauss")  # Rectangular Gaussians are well-conditioned.
+  if method == "newton_schulz":
+    names = []
+  for name in names:
+    err = _relerr(ys[name], _ref(xs[name]))
+    assert err <= 1e-4, (name, err)
+
+
+@zoo_cases
+def test_zoo_scale_invariance(shape, method):
+  _, ys = _zoo_out(shape, method)
+  for name in ("huge", "tiny"):  # 1e30² overflows, 1e-30² underflows float32.
+    assert _relerr(ys[name], ys["wellcond"]) <= 1e-5, name
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_power_of_two_scaling_is_bitwise(method):
+  x = _zoo(16, 16)["wellcond"]
+  y = _polar(x, method)
+  for e in (-100, -1, 3, 100):  # 2**±120 would reach float32 subnormals.
+    np.testing.assert_array_equal(_polar(np.ldexp(x, e), method), y)
+
+
+# ------------------------------------------------------------------ shapes ---
+
+
+@pytest.mark.parametrize("shape", EDGE_SHAPES, ids=str)
+@pytest.mark.parametrize("method", ALL)
+def test_edge_shapes(shape, method):
+  x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+  y = _polar(x, method)
+  assert y.shape == shape and y.dtype == np.float32
+  if method == "newton_schulz":
+    _check_resolved(x, y, method)
+  else:
+    assert _relerr(y, _ref(x)) <= 1e-5
+  if shape == (1, 1):
+    np.testing.assert_allclose(y, np.sign(x), rtol=0.33 if method ==
+                               "newton_schulz" else 1e-6)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_batch_is_per_matrix(method):
+  """4-D leaves: each matrix is decomposed on its own; NaN stays local."""
+  zoo = _zoo(8, 24)
+  names = ["wellcond", "nan", "rank3", "zero", "huge", "inf"]
+  x = np.stack([zoo[n] for n in names]).reshape(2, 3, 8, 24)
+  y = _polar(x, method, rank=8) if method == "rsvd" else _polar(x, method)
+  assert y.shape == x.shape
+  _, single = _zoo_out((8, 24), method)
+  for i, name in enumerate(names):
+    got = y.reshape(6, 8, 24)[i]
+    if name in ("nan", "inf"):
+      assert np.isnan(got).all(), name
+    elif method == "rsvd" and name == "rank3":
+      # Its kept noise directions depend on the sketch, which is drawn per
+      # matrix of the batch; the signal is checked by the rsvd tests.
+      continue
+    else:
+      np.testing.assert_allclose(got, single[name], atol=1e-5, err_msg=name)
+
+
+def test_empty_matrix_passes_through():
+  x = jnp.zeros((3, 0, 5))
+  assert polar(x, "svd").shape == (3, 0, 5)
+
+
+# ------------------------------------------------------------------ dtypes ---
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("method", ALL)
+def test_low_precision_computes_in_float32(dtype, method):
+  x = jnp.asarray(_zoo(24, 8)["wellcond"], dtype)
+  y = _polar(x, method)
+  assert y.dtype == dtype
+  # Decomposed in float32, rounded once at the end.
+  y32 = _polar(x.astype(jnp.float32), method)
+  np.testing.assert_array_equal(y, y32.astype(dtype))
+  if method != "newton_schulz":
+    eps = float(jnp.finfo(dtype).eps)
+    assert _relerr(y, _ref(x.astype(jnp.float32))) <= eps
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_float64_with_x64(method):
+  rng = np.random.default_rng(64)
+  xs = {"wellcond": _with_sv(rng, 16, 16, rng.uniform(0.1, 1, 16)),
+        "cond1e6": _with_sv(rng, 16, 16, np.logspace(0, -6, 16)),
+        "cond1e12": _with_sv(rng, 16, 16, np.logspace(0, -12, 16))}
+  eps = float(np.finfo(np.float64).eps)
+  with jax.enable_x64(True):  # A 3-D leaf: the three matrices as a batch.
+    y3 = _polar(np.stack(list(xs.values())), method)
+  assert y3.shape == (3, 16, 16)
+  for name, y in zip(xs, y3, strict=True):
+    assert y.dtype == np.float64, name
+    ref = _ref(xs[name], eps=eps)
+    if method == "newton_schulz":
+      _check_resolved(xs[name], y, method)
+    elif name == "wellcond":
+      assert _relerr(y, ref) <= 1e-10, name
+    elif method in ("svd", "qdwh", "rsvd"):
+      # Condition 1e12 is ill-posed even in float64 (eps·κ ≈ 2e-4) except
+      # for the SVD, which the reference also uses.
+      tol = 1e-10 if method == "svd" or name == "cond1e6" else 1e-4
+      assert _relerr(y, ref) <= tol, name
+    elif method == "polar_express":  # Resolved directions only, σ ≥ 1e-3·‖G‖.
+      c, _ = _signal_split(xs[name], y, None, method)
+      assert np.abs(c - np.eye(len(c))).max() <= 1e-10, name
+
+
+# ---------------------------------------------------------- rsvd specifics ---
+
+
+@pytest.mark.parametrize("shape", [(24, 8), (8, 24)])
+def test_rsvd_exact_on_rank_at_most_k(shape):
+  zoo = _zoo(*shape)
+  for name, k in LOW_RANK.items():
+    y = _polar(zoo[name], "rsvd", rank=3)
+    c, e = _signal_split(zoo[name], y, k, "rsvd")
+    assert np.abs(c - np.eye(k)).max() <= 1e-5, name
+    # rank = k drops the noise directions; rank > k keeps them damped.
+    assert np.linalg.norm(e, 2) <= (1e-5 if k == 3 else 0.1), name
+
+
+def test_rsvd_key():
+  zoo = _zoo(24, 8)
+  x = np.stack([zoo["rank3"], zoo["gauss"]])
+  run = lambda seed: _polar(x, "rsvd", rank=3, oversample=0, power_iters=1,
+                            key=jax.random.key(seed))
+  a, b, c = run(0), run(0), run(1)
+  np.testing.assert_array_equal(a, b)  # Same key, same result.
+  # A different key is a different sketch: a truncated full-rank input
+  # changes, an input of rank ≤ k does not.
+  assert _relerr(a[1], c[1]) > 1e-3
+  assert _relerr(a[0], c[0]) <= 1e-5
+
+
+# ---------------------------------------------------------- rtol and auto ---
+
+
+@pytest.mark.parametrize("method", ["svd", "rsvd"])
+def test_custom_rtol(method):
+  x = _zoo(16, 16)["cond1e6"]
+  for rtol in (1e-3, 0.5):
+    assert _relerr(_polar(x, method, rtol=rtol), _ref(x, rtol)) <= 1e-4
+
+
+def test_traced_rtol():
+  x = _zoo(16, 16)["cond1e6"]
+  y = jax.jit(lambda x, r: polar(x, "svd", rtol=r))(x, 0.5)
+  assert _relerr(y, _ref(x, 0.5)) <= 1e-4
+
+
+def test_default_rtol_and_compute_dtype():
+  assert default_rtol((3, 7, 5), jnp.bfloat16) == 7 * F32_EPS
+  assert compute_dtype(jnp.float16) == jnp.float32
+  assert compute_dtype(jnp.float32) == jnp.float32
+
+
+def test_auto_method():
+  assert auto_method((512, 97), "cpu") == "svd"
+  assert auto_method((512, 97), "gpu") == "svd"
+  assert auto_method((512, 97), "tpu") == "qdwh"
+  chosen = auto_method((8, 24))
+  assert chosen in METHODS and chosen != "auto"
+  x = _zoo(8, 24)["gauss"]
+  np.testing.assert_array_equal(_polar(x, "auto"), _polar(x, chosen))
+
+
+# -------------------------------------------------------------- validation ---
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+  (dict(method="newton"), ValueError, "method"),
+  (dict(method="rsvd", rank=0, key=jax.random.key(0)), ValueError, "rank"),
+  (dict(method="rsvd", rank=2.0, key=jax.random.key(0)), TypeError, "rank"),
+  (dict(method="rsvd", rank=True, key=jax.random.key(0)), TypeError, "rank"),
+  (dict(method="rsvd", key=jax.random.key(0)), ValueError, "rank"),
+  (dict(method="rsvd", rank=2), ValueError, "key"),
+  (dict(method="rsvd", rank=2, oversample=-1, key=jax.random.key(0)),
+   ValueError, "oversample"),
+  (dict(method="rsvd", rank=2, power_iters=-1, key=jax.random.key(0)),
+   ValueError, "power_iters"),
+  (dict(method="newton_schulz", ns_steps=0), ValueError, "ns_steps"),
+  (dict(method="qdwh", rtol=jnp.float32(1e-3)), TypeError, "rtol"),
+])
+def test_validation(kwargs, exc, match):
+  with pytest.raises(exc, match=match):
+    polar(jnp.ones((4, 3)), **kwargs)
+
+
+@pytest.mark.parametrize("x", [jnp.ones(3), jnp.float32(1.0)])
+def test_needs_a_matrix(x):
+  with pytest.raises(ValueError, match="ndim"):
+    polar(x, "svd")
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_needs_a_floating_dtype(dtype):
+  with pytest.raises(TypeError, match="x with a floating dtype"):
+    polar(jnp.ones((4, 3), dtype), "svd")
+
+
+# ------------------------------------------------------ hypothesis properties ---
+
+PROPS = settings(max_examples=25, deadline=None, derandomize=True,
+                 database=None)
+matrices = st.tuples(st.sampled_from(PROP_SHAPES), st.integers(0, 2**32 - 1))
+
+
+def _draw(spec) -> tuple[np.ndarray, np.random.Generator]:
+  shape, seed = spec
+  rng = np.random.default_rng(seed)
+  return _well_conditioned(rng, *shape), rng
+
+
+def _close(a, b, tol: float) -> None:
+  assert _relerr(a, b) <= tol, _relerr(a, b)
+
+
+@pytest.mark.parametrize("method", ALL)
+@PROPS
+@given(spec=matrices, log_c=st.floats(-30, 30))
+def test_equivariance(method, spec, log_c):
+  """polar(cG) = polar(G), polar(QGR) = Q polar(G) R, polar(Gᵀ) = polar(G)ᵀ."""
+  g, rng = _draw(spec)
+  m, n = g.shape
+  p = _polar(g, method).astype(np.float64)
+  c = np.float32(10.0**log_c)
+  _close(_polar(c * g, method), p, 1e-5)
+  q, r = _orth(rng, m), _orth(rng, n)
+  _close(_polar((q @ g).astype(np.float32), method), q @ p, 1e-4)
+  _close(_polar((g @ r).astype(np.float32), method), p @ r, 1e-4)
+  _close(_polar(g.T, method), p.T, 1e-5)
+
+
+@pytest.mark.parametrize("method", EXACT + ("polar_express",))
+@PROPS
+@given(spec=matrices)
+def test_idempotent(method, spec):
+  g, _ = _draw(spec)
+  p = _polar(g, method)
+  _close(_polar(p, method), p, 1e-5)
+
+
+@PROPS
+@given(spec=matrices)
+def test_exact_methods_agree(spec):
+  g, _ = _draw(spec)
+  ref = _ref(g)
+  for method in EXACT + ("polar_express",):
+    _close(_polar(g, method), ref, 1e-5)
