@@ -393,9 +393,12 @@ def polar(
   # Scale each matrix by a power of two (exact) so its largest entry is in
   # [1/2, 1): Gram matrices and Frobenius norms then neither overflow (1e30²)
   # nor underflow (1e-30²), and every method is scale-invariant.
+  # A matrix with a NaN or Inf entry is decomposed as zeros (LAPACK's gesdd,
+  # behind jnp.linalg.svd on CPU, can loop forever on an inf) and gets an
+  # all-NaN result below.
   amax = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
   finite = jnp.isfinite(amax)
-  x = jnp.ldexp(x, -jnp.where(finite, jnp.frexp(amax)[1], 0))
+  x = jnp.where(finite, jnp.ldexp(x, -jnp.where(finite, jnp.frexp(amax)[1], 0)), 0)
   tall = x.shape[-2] > x.shape[-1]
   if method == "svd":
     y = _polar_svd(x, rtol)
