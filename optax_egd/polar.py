@@ -14,7 +14,9 @@ gradient stays damped in its update (by how much: see Guarantees).
 
 Methods (``METHODS``):
 
-* ``"svd"``: ``jnp.linalg.svd``. Exact; the reference.
+* ``"svd"``: ``jnp.linalg.svd``, after a Householder QR that reduces the SVD to
+  a min(m, n)-square matrix when the aspect ratio is 2 or more. Exact; the
+  reference.
 * ``"eigh"``: eigendecomposition of the smaller Gram matrix (GGᵀ or GᵀG).
   Fast, but squaring G squares its condition number: in float32 the
   eigenvalues carry an absolute error near ``eps·σ_max²``, so directions with
@@ -118,6 +120,7 @@ POLAR_EXPRESS_COEFFS = tuple(
 
 DEFAULT_NS_STEPS = {"newton_schulz": 5, "polar_express": 8}
 DEFAULT_OVERSAMPLE = 10
+QR_ASPECT = 2  # "svd" QR-factorizes first when max(m, n) >= QR_ASPECT·min(m, n).
 DEFAULT_POWER_ITERS = 2
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -233,8 +236,18 @@ def _unit_singular_values(s: jax.Array, rtol: jax.Array) -> jax.Array:
 
 
 def _polar_svd(x: jax.Array, rtol: jax.Array) -> jax.Array:
+  # x is wide (m <= n). From aspect QR_ASPECT on, a Householder QR of xᵀ first
+  # (x = Rᵀ Qᵀ, so polar(x) = polar(Rᵀ)·Qᵀ) leaves the SVD an m×m matrix: the
+  # same backward-stable result, faster (194×512: 5.9 vs 7.4 ms; 97×512: 2.1 vs
+  # 3.2 ms on our 2-core CPU; slower on square matrices).
+  m, n = x.shape[-2:]
+  q = None
+  if n >= QR_ASPECT * m:
+    q, r = jnp.linalg.qr(_t(x))
+    x = _t(r)
   u, s, vh = jnp.linalg.svd(x, full_matrices=False)
-  return _mm(u * _unit_singular_values(s, rtol)[..., None, :], vh)
+  y = _mm(u * _unit_singular_values(s, rtol)[..., None, :], vh)
+  return y if q is None else _mm(y, _t(q))
 
 
 def _polar_eigh(x: jax.Array, rtol: jax.Array) -> jax.Array:
@@ -401,7 +414,7 @@ def polar(
   x = jnp.where(finite, jnp.ldexp(x, -jnp.where(finite, jnp.frexp(amax)[1], 0)), 0)
   tall = x.shape[-2] > x.shape[-1]
   if method == "svd":
-    y = _polar_svd(x, rtol)
+    y = _t(_polar_svd(_t(x), rtol)) if tall else _polar_svd(x, rtol)
   elif method == "rsvd":
     assert rank is not None and key is not None
     y = _polar_rsvd(

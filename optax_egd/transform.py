@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, get_args
 
 import chex
@@ -32,25 +31,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax.contrib import MuonDimensionNumbers
+from optax.contrib import MuonDimensionNumbers as DimensionNumbers
 
-from optax_egd.polar import compute_dtype
-from optax_egd.polar import Method
-from optax_egd.polar import polar
-from optax_egd.polar import validate
-
-DimensionNumbers = MuonDimensionNumbers
-"""Which axes of a leaf form the matrix: ``reduction_axis`` (fan-in) and
-``output_axis`` (fan-out); all other axes are a batch. optax's own
-``MuonDimensionNumbers``, so one spec serves both ``egd`` and ``muon``."""
+from optax_egd import distributed
+from optax_egd.polar import Method, compute_dtype, polar, validate
 
 Scale = Literal["none", "muon", "rms"]
 SCALES: tuple[str, ...] = get_args(Scale)
 RMS_TARGET = 0.2  # AdamW's typical update RMS (Liu et al., 2025).
 
-DimensionNumbersSpec = (
-    DimensionNumbers | Any | Callable[[Any], Any] | None
-)
+# A DimensionNumbers (optax's MuonDimensionNumbers: ``reduction_axis`` is the
+# fan-in, ``output_axis`` the fan-out, other axes are a batch), a tree of them,
+# a callable from params to such a tree, or None.
+DimensionNumbersSpec = Any
 
 
 class EGDState(NamedTuple):
@@ -80,6 +73,12 @@ def _key_data(key: Any) -> jax.Array:
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       if key.shape != ():
         raise ValueError(f"key must be a single key, got shape {key.shape}")
+      default_impl = jax.random.key_impl(jax.random.key(0))
+      if str(jax.random.key_impl(key)) != str(default_impl):
+        # The state keeps raw key data and rewraps it with the default impl.
+        raise ValueError(
+            f"key must use the default PRNG implementation ({default_impl}),"
+            f" got a {jax.random.key_impl(key)} key")
       return jax.random.key_data(key)
     if key.dtype == jnp.uint32 and key.shape == (2,):
       return jnp.asarray(key)
@@ -177,6 +176,7 @@ def egd(
     key: int | jax.Array = 0,
     dimension_numbers: DimensionNumbersSpec = None,
     enabled: bool | jax.Array = True,
+    distribute: distributed.DistributeSpec = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Egalitarian Gradient Descent: replace each matrix gradient by UVᵀ.
 
@@ -207,6 +207,14 @@ def egd(
       layers). For a conv kernel (h, w, in, out) use
       ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``.
     enabled: initial value of ``state.enabled``.
+    distribute: layer-parallel decompositions: an
+      :class:`optax_egd.Distribute` (a mesh and axis names) or a
+      ``jax.sharding.Mesh`` (all its axes). Each same-shape group of matrices
+      is split over those D devices (zero-padded to a multiple of D), every
+      matrix is decomposed on one device only, and the results are gathered;
+      see :mod:`optax_egd.distributed`. ``None``: every device decomposes
+      every matrix. Sharded gradients work either way, on auto or explicit
+      mesh axes.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state :class:`EGDState`.
@@ -229,9 +237,9 @@ def egd(
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
   _check_enabled(enabled)
   key_data = _key_data(key)
-  if not (dimension_numbers is None or callable(dimension_numbers)
-          or isinstance(dimension_numbers, (DimensionNumbers, dict, list,
-                                            tuple))):
+  layer_parallel = distributed.resolve(distribute)
+  if not callable(dimension_numbers) and not all(
+      _is_dims(d) for d in jax.tree.leaves(dimension_numbers, is_leaf=_is_dims)):
     raise TypeError(
         "dimension_numbers must be a DimensionNumbers, a tree of them, a"
         f" callable, or None; got {dimension_numbers!r}")
@@ -258,13 +266,16 @@ def egd(
 
   def precondition(updates: optax.Updates, step_key: jax.Array
                    ) -> optax.Updates:
-    leaves, treedef = jax.tree.flatten(updates)
-    dims = treedef.flatten_up_to(
+    # optax.masked passes MaskedNode() for masked-out leaves: keep them as
+    # leaves so that a full-params tree of dimension numbers still lines up.
+    leaves, treedef = jax.tree.flatten(
+        updates, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    dims = treedef.flatten_up_to(  # type: ignore[attr-defined]
         _resolve_dims(dimension_numbers, updates)) if leaves else []
     groups: dict[tuple[int, int, Any], list[int]] = {}
     layouts: dict[int, _Matrixify] = {}
-    for i, (leaf, dim) in enumerate(zip(leaves, dims)):
-      if leaf.ndim >= 2:
+    for i, (leaf, dim) in enumerate(zip(leaves, dims, strict=True)):
+      if getattr(leaf, "ndim", 0) >= 2:
         layouts[i] = _Matrixify.of(leaf.shape, dim)
         _, m, n = layouts[i].stacked_shape
         groups.setdefault((m, n, compute_dtype(leaf.dtype)),
@@ -275,12 +286,14 @@ def egd(
       stacks = [layouts[i].to_stack(leaves[i]).astype(dtype) for i in members]
       sizes = [s.shape[0] for s in stacks]
       merged = stacks[0] if len(stacks) == 1 else jnp.concatenate(stacks)
-      result = polar(
-          merged, method, rtol=rtol, rank=rank, oversample=oversample,
-          power_iters=power_iters, ns_steps=ns_steps,
-          key=jax.random.fold_in(step_key, g))
+      result = distributed.map_matrices(
+          lambda x, k, r: polar(
+              x, method, rtol=r, rank=rank, oversample=oversample,
+              power_iters=power_iters, ns_steps=ns_steps, key=k),
+          merged, jax.random.fold_in(step_key, g), layer_parallel, rtol)
       result = result * _shape_scale(scale, m, n)
-      for i, part in zip(members, jnp.split(result, np.cumsum(sizes)[:-1])):
+      parts = jnp.split(result, np.cumsum(sizes)[:-1])
+      for i, part in zip(members, parts, strict=True):
         out[i] = layouts[i].from_stack(part).astype(leaves[i].dtype)
     return jax.tree.unflatten(treedef, out)
 
@@ -296,7 +309,7 @@ def egd(
     enabled_now = jnp.asarray(state.enabled, jnp.bool_)
     updates = jax.lax.cond(
         enabled_now,
-        lambda u: precondition(u, step_key),
+        lambda u: distributed.with_whole_matrices(precondition, u, step_key),
         lambda u: u,
         updates)
     return updates, EGDState(

@@ -1,0 +1,196 @@
+"""Sharding checks for ``egd``, run by ``tests/test_sharding.py`` in a subprocess.
+
+Needs 8 devices, e.g. ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+on CPU (the test sets it), and ``NPROC=64``: jaxlib's batched LAPACK kernels
+split a batch over the intra-op thread pool and block a pool thread until the
+pieces finish; with 8 simulated devices decomposing at once every pool thread
+(max(cores, devices) of them) can end up waiting and the program hangs. A
+bigger pool (``NPROC`` sets its size) leaves threads to run the pieces.
+
+Every check compares the update on a (2, 4) ("data", "model") mesh with the
+single-device update (values to 1e-5 relative; on explicit axes also the
+sharding, which must be the gradient's) and prints one JSON object
+``{check name: traceback or null}`` on the last line of stdout. Run by hand:
+``NPROC=64 XLA_FLAGS=--xla_force_host_platform_device_count=8 python
+tests/_sharding_worker.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import json
+import re
+import traceback
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
+
+import optax_egd
+
+RTOL = 1e-5
+ALL = ("data", "model")
+# Same-shape groups per layout: (32, 64) × 5, (64, 32) × 1, (16, 16) × 10. All
+# four layouts go in one tree: groups of 20 (padded to 24 on 8 devices), 4
+# (fewer matrices than devices) and 40.
+SHAPES = {"w1": (32, 64), "w2": (32, 64), "stack": (3, 32, 64),
+          "w3": (64, 32), "layers": (10, 16, 16), "b": (64,)}
+# Partition specs of the last two axes of matrices; vectors get the last entry.
+LAYOUTS = {
+    "replicated": (None, None),
+    "fsdp": (ALL, None),           # each matrix split along its rows
+    "tensor": (None, "model"),     # split along its columns
+    "fsdp+tensor": ("data", "model"),
+}
+
+
+def _grads(rank: int | None = None) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  out = {}
+  for name, shape in SHAPES.items():
+    if rank is None or len(shape) < 2:
+      out[name] = rng.standard_normal(shape, np.float32)
+    else:  # a product of thin factors: rank `rank` per matrix
+      *batch, m, n = shape
+      a = rng.standard_normal((*batch, m, rank), np.float32)
+      out[name] = a @ rng.standard_normal((*batch, rank, n), np.float32)
+  return out
+
+
+def _spec(shape: tuple[int, ...], layout: str) -> P:
+  rows, cols = LAYOUTS[layout]
+  if len(shape) == 1:
+    return P(cols)
+  return P(*(None,) * (len(shape) - 2), rows, cols)
+
+
+def _place(grads: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+           layouts: tuple[str, ...] = tuple(LAYOUTS)) -> Any:
+  """``{layout: grads placed with it}``: one tree, so one compilation."""
+  return {la: {k: jax.device_put(v, NamedSharding(mesh, _spec(v.shape, la)))
+               for k, v in grads.items()} for la in layouts}
+
+
+def _compare(out: Any, ref: dict[str, jax.Array], placed: Any) -> None:
+  for la, tree in placed.items():
+    for k, r in ref.items():
+      r = np.asarray(r)
+      err = np.linalg.norm(np.asarray(out[la][k]) - r) / np.linalg.norm(r)
+      assert err <= RTOL, f"{la}/{k}: relative error {err:.2e} > {RTOL}"
+      got, want = out[la][k].sharding, tree[k].sharding
+      assert got.is_equivalent_to(want, r.ndim), (
+          f"{la}/{k}: sharding {got} is not the gradient's {want}")
+
+
+def _run(tx: optax.GradientTransformation, grads: Any,
+         pin: bool = False) -> tuple[Any, list[int]]:
+  """The jitted update and the per-device batch sizes of its LAPACK SVDs.
+
+  ``pin`` fixes the updates' sharding to the gradients' with ``out_shardings``
+  (on auto axes XLA picks the layout of a jit's outputs, so a sharded train
+  step pins it; on explicit axes the updates carry it themselves).
+  """
+  shardings = jax.tree.map(lambda g: g.sharding, grads) if pin else None
+  update = jax.jit(tx.update, out_shardings=(shardings, None) if pin else None)
+  state = tx.init(grads)
+  compiled = update.lower(grads, state).compile()
+  batches = sorted(int(b) for b in re.findall(
+      r"= \(f32\[(\d+),\d+,\d+\][^\n]*custom_call_target=\"lapack_sgesdd",
+      compiled.as_text()))
+  return compiled(grads, state)[0], batches
+
+
+def _update(tx: optax.GradientTransformation, grads: Any,
+            pin: bool = False) -> Any:
+  return _run(tx, grads, pin)[0]
+
+
+def checks() -> dict[str, Callable[[], None]]:
+  """Every check by name; each raises on failure."""
+  auto = jax.make_mesh((2, 4), ALL, (AxisType.Auto,) * 2)
+  explicit = jax.make_mesh((2, 4), ALL, (AxisType.Explicit,) * 2)
+  grads = _grads()
+  ref = _update(optax_egd.egd(method="svd"), grads)
+  found: dict[str, Callable[[], None]] = {}
+
+  def same_as_one_device(mesh: jax.sharding.Mesh, distribute: Any,
+                         batches: list[int]) -> None:
+    placed = _place(grads, mesh)
+    tx = optax_egd.egd(method="svd", distribute=distribute)
+    pin = mesh is auto
+    if distribute == optax_egd.Distribute():  # the mesh from jax.set_mesh
+      with jax.set_mesh(mesh):
+        out, got = _run(tx, placed, pin)
+    else:
+      out, got = _run(tx, placed, pin)
+    _compare(out, ref, placed)
+    # Per-device decompositions: groups (64, 32)×4, (32, 64)×20, (16, 16)×40
+    # (all layouts in one tree), ceil(B/D) of each per device.
+    assert got == batches, f"per-device SVD batches {got} != {batches}"
+
+  every, model = [4, 20, 40], [1, 5, 10]
+  for kind, mesh in (("auto", auto), ("explicit", explicit)):
+    for tag, dist, batches in (
+        ("", None, every),
+        ("/distribute=all", optax_egd.Distribute(mesh, ALL), [1, 3, 5]),
+        ("/distribute=model", optax_egd.Distribute(mesh, "model"), model),
+        ("/distribute=set_mesh", optax_egd.Distribute(), [1, 3, 5])):
+      if kind == "explicit" and tag == "/distribute=model":
+        continue  # the same code path as "all" there
+      found[f"{kind}{tag}"] = (
+          lambda m=mesh, d=dist, b=batches: same_as_one_device(m, d, b))
+
+  def rsvd_low_rank() -> None:
+    low = {"layers": _grads(rank=2)["layers"]}  # 10 matrices: padded to 16
+    want = _update(optax_egd.egd(method="rsvd", rank=2, power_iters=0), low)
+    placed = _place(low, explicit, ("fsdp",))
+    tx = optax_egd.egd(method="rsvd", rank=2, power_iters=0,
+                       distribute=explicit)
+    _compare(_update(tx, placed), want, placed)
+
+  def disabled_is_identity() -> None:
+    placed = _place(grads, explicit, ("fsdp+tensor",))["fsdp+tensor"]
+    tx = optax_egd.egd(method="svd", distribute=explicit, enabled=False)
+    out = _update(tx, placed)
+    for k, g in placed.items():
+      np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(g))
+      assert out[k].sharding.is_equivalent_to(g.sharding, g.ndim)
+
+  def train_step() -> None:
+    params = _place(grads, explicit, ("fsdp",))["fsdp"]
+    tx = optax.chain(optax_egd.egd(method="svd", distribute=explicit),
+                     optax.sgd(0.1))
+
+    @jax.jit
+    def step(params: Any, opt_state: Any) -> tuple[Any, Any]:
+      loss = lambda p: sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(p))
+      updates, opt_state = tx.update(jax.grad(loss)(params), opt_state)
+      return optax.apply_updates(params, updates), opt_state
+
+    new, _ = step(params, tx.init(params))
+    for k, p in params.items():
+      assert new[k].sharding.is_equivalent_to(p.sharding, p.ndim), k
+
+  for fn in (rsvd_low_rank, disabled_is_identity, train_step):
+    found[fn.__name__] = fn
+  return found
+
+
+def main() -> None:
+  assert jax.device_count() >= 8, f"needs 8 devices, got {jax.devices()}"
+  report: dict[str, str | None] = {}
+  for name, check in checks().items():
+    try:
+      check()
+      report[name] = None
+    except Exception:  # reported, not raised: the parent shows every failure
+      report[name] = traceback.format_exc(limit=4)
+  print(json.dumps(report))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,133 @@
+"""Sharded and layer-parallel ``egd`` (``optax_egd.distributed``).
+
+The multi-device checks run in one subprocess with 8 simulated CPU devices
+(``tests/_sharding_worker.py``), so this process keeps its single device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType
+import numpy as np
+import pytest
+
+import optax_egd
+from optax_egd import distributed
+
+WORKER = Path(__file__).with_name("_sharding_worker.py")
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "multihost.py"
+
+
+def _cpu_env(devices: int) -> dict[str, str]:
+  """This environment with ``devices`` simulated CPU devices per process."""
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if "xla_force_host_platform_device_count" not in f]
+  env["XLA_FLAGS"] = " ".join(
+      [*flags, f"--xla_force_host_platform_device_count={devices}"])
+  env["JAX_PLATFORMS"] = "cpu"
+  env["NPROC"] = "64"  # see the worker's docstring: avoids a LAPACK-pool hang
+  env.setdefault("OPENBLAS_NUM_THREADS", "1")
+  return env
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+  """``{check: None or traceback}`` from the 8-device worker."""
+  done = subprocess.run([sys.executable, str(WORKER)], env=_cpu_env(8),
+                        text=True, capture_output=True, timeout=600,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-4000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_updates_match_one_device(report: dict[str, Any]) -> None:
+  failed = {name: tb for name, tb in report.items() if tb is not None}
+  assert not failed, "\n\n".join(f"{k}:\n{v}" for k, v in failed.items())
+
+
+def test_worker_ran_every_kind_of_check(report: dict[str, Any]) -> None:
+  for name in ("auto", "auto/distribute=all", "auto/distribute=model",
+               "explicit", "explicit/distribute=all",
+               "explicit/distribute=set_mesh", "rsvd_low_rank", "train_step"):
+    assert name in report
+
+
+def test_one_device_mesh_is_a_no_op() -> None:
+  mesh = jax.make_mesh((1,), ("d",))
+  g = {"w": jax.random.normal(jax.random.key(0), (3, 5, 4)), "b": jnp.ones(4)}
+  plain, layer_parallel = (optax_egd.egd(method="svd", distribute=d)
+                           for d in (None, mesh))
+  want = jax.jit(plain.update)(g, plain.init(g))[0]
+  got = jax.jit(layer_parallel.update)(g, layer_parallel.init(g))[0]
+  for k in g:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
+
+
+def test_resolve() -> None:
+  mesh = jax.make_mesh((1, 1), ("data", "model"))
+  assert distributed.resolve(None) is None
+  assert distributed.resolve(mesh) == optax_egd.Distribute(
+      mesh, ("data", "model"))
+  assert distributed.resolve(optax_egd.Distribute(mesh, "model")) == (
+      optax_egd.Distribute(mesh, ("model",)))
+  assert distributed.resolve(optax_egd.Distribute(axis_names="data")) == (
+      optax_egd.Distribute(None, ("data",)))
+
+
+@pytest.mark.parametrize("bad, error", [
+    ("data", TypeError),
+    (optax_egd.Distribute(mesh="mesh"), TypeError),
+    (optax_egd.Distribute(axis_names=()), TypeError),
+    (optax_egd.Distribute(axis_names=("data", 1)), TypeError),
+])
+def test_bad_distribute_is_rejected(bad: Any, error: type[Exception]) -> None:
+  with pytest.raises(error, match="distribute|Distribute"):
+    optax_egd.egd(distribute=bad)
+
+
+def test_bad_axes_are_rejected() -> None:
+  mesh = jax.make_mesh((1, 1), ("a", "b"), (AxisType.Auto, AxisType.Explicit))
+  with pytest.raises(ValueError, match="not axes of the mesh"):
+    optax_egd.egd(distribute=optax_egd.Distribute(mesh, "c"))
+  with pytest.raises(ValueError, match="mix axis types"):
+    optax_egd.egd(distribute=mesh)
+
+
+def test_distribute_without_a_mesh_needs_set_mesh() -> None:
+  tx = optax_egd.egd(distribute=optax_egd.Distribute(axis_names="d"))
+  g = {"w": jnp.ones((2, 3))}
+  with pytest.raises(ValueError, match="set_mesh"):
+    jax.jit(tx.update)(g, tx.init(g))
+  mesh = jax.make_mesh((1,), ("d",))
+  with jax.set_mesh(mesh):
+    out = jax.jit(tx.update)(g, tx.init(g))[0]
+  assert out["w"].shape == (2, 3)
+
+
+@pytest.mark.slow
+def test_multihost_example_runs_as_two_processes() -> None:
+  """examples/multihost.py as 2 processes × 4 CPU devices (gloo collectives)."""
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    port = sock.getsockname()[1]
+  env = {**_cpu_env(4), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  procs = [subprocess.Popen(
+      [sys.executable, str(EXAMPLE), "--coordinator", f"localhost:{port}",
+       "--num-processes", "2", "--process-id", str(i), "--steps", "3"],
+      env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, out[-3000:]
+  assert "2 process(es), 8 devices" in outputs[0]
+  assert "sharding P('fsdp', None)" in outputs[0]
