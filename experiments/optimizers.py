@@ -1,0 +1,230 @@
+"""Optimizers of the grokking experiments, built by name.
+
+Plain optimizers: ``sgd``, ``adamw``, ``muon`` (``optax.contrib.muon``).
+EGD on a smoothed direction, as Muon orthogonalizes momentum (every kernel
+gets ``lr`` times a unit-singular-value update):
+
+* ``adam-egd``: Adam's moments first, then EGD, on the kernels:
+  ``chain(scale_by_adam(b1, b2), egd(), add_decayed_weights(adam_weight_decay),
+  scale_by_learning_rate(lr))``; biases, norms and embeddings take AdamW with
+  ``adam_lr``. The other order, ``egd-adamw``, divides EGD's update by
+  Adam's per-coordinate ``sqrt(v)``, which undoes the equal singular values
+  (``experiments/README.md`` has the measurement);
+* ``momentum-egd``: on the kernels, EGD of an SGD momentum buffer
+  (``optax.trace(momentum)``, 0.9 when unset) rather than of the gradient;
+  plain SGD (``lr``) elsewhere. ``momentum-egd-first-layer``: the same on the
+  first kernel only (the sparse-parity recipe).
+
+Preconditioners, chained in front of SGD, or of AdamW with an ``-adamw``
+suffix (``egd-adamw``, ``grokfast-ema-adamw``, ...):
+
+* ``egd``: ``optax_egd.egd()`` on every kernel (weight matrix);
+* ``egd-first-layer``: EGD on the model's first kernel only, the official
+  scripts' mode, via ``optax.masked``;
+* ``egd-rsvd``, ``egd-ns``, ``egd-polar-express``: EGD with the randomized
+  SVD (``rank``), Newton–Schulz, or Polar Express polar factor;
+  ``egd-rsvd-first-layer``: the randomized SVD on the first kernel only;
+* ``column-norm``, ``grokfast-ema``, ``grokfast-ma``, ``orthograd``: the
+  baselines of ``optax_egd``.
+
+Defaults are the papers' own: SGD lr 0.7 (EGD, modular arithmetic), AdamW
+lr 1e-3 with β = (0.9, 0.98) (Grokfast's transformer), Muon lr 0.02, rSVD
+rank 128 (EGD's ``egd_rsvd_update_128``), Grokfast-EMA α 0.98 λ 2,
+Grokfast-MA window 100 λ 5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+
+from experiments.models import (
+  Path,
+  is_kernel,
+  kernel_mask,
+  matrix_dimension_numbers,
+  path_keys,
+)
+import optax_egd
+
+BASES = ("sgd", "adamw")
+PRECONDITIONERS = (
+  "egd",
+  "egd-first-layer",
+  "egd-rsvd",
+  "egd-rsvd-first-layer",
+  "egd-ns",
+  "egd-polar-express",
+  "column-norm",
+  "grokfast-ema",
+  "grokfast-ma",
+  "orthograd",
+)
+COMPOSED = ("adam-egd", "momentum-egd", "momentum-egd-first-layer")
+NAMES = (
+  *BASES,
+  "muon",
+  *COMPOSED,
+  *PRECONDITIONERS,
+  *(f"{p}-adamw" for p in PRECONDITIONERS),
+)
+DEFAULT_MOMENTUM = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Hyperparameters of every optimizer; each uses the fields it needs."""
+
+  lr: float = 0.7
+  momentum: float = 0.0
+  adam_lr: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.98
+  adam_weight_decay: float = 0.0
+  muon_lr: float = 0.02
+  rank: int = 128
+  ns_steps: int | None = None
+  ema_alpha: float = 0.98
+  ema_lamb: float = 2.0
+  ma_window: int = 100
+  ma_lamb: float = 5.0
+  seed: int = 0
+
+
+def _path_mask(target: Path) -> Callable[[Any], Any]:
+  """Mask function selecting the single parameter at ``target``."""
+
+  def mask(params: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(
+      lambda path, _: path_keys(path) == target, params
+    )
+
+  return mask
+
+
+def _matrix_kernel_mask(params: Any) -> Any:
+  """True on 2-D kernels (column normalization needs plain matrices)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, leaf: is_kernel(path) and leaf.ndim == 2, params
+  )
+
+
+def _egd(config: OptimizerConfig, **kwargs: Any) -> optax.GradientTransformation:
+  return optax_egd.egd(
+    dimension_numbers=matrix_dimension_numbers, key=config.seed, **kwargs
+  )
+
+
+def preconditioner(
+  name: str, config: OptimizerConfig, first_kernel: Path
+) -> optax.GradientTransformation:
+  """The gradient transformation named ``name`` (see :data:`PRECONDITIONERS`)."""
+  if name == "egd":
+    return optax.masked(_egd(config), kernel_mask)
+  if name == "egd-first-layer":
+    return optax.masked(_egd(config), _path_mask(first_kernel))
+  if name == "egd-rsvd":
+    return optax.masked(_egd(config, method="rsvd", rank=config.rank), kernel_mask)
+  if name == "egd-rsvd-first-layer":
+    return optax.masked(
+      _egd(config, method="rsvd", rank=config.rank), _path_mask(first_kernel)
+    )
+  if name == "egd-ns":
+    return optax.masked(
+      _egd(config, method="newton_schulz", ns_steps=config.ns_steps), kernel_mask
+    )
+  if name == "egd-polar-express":
+    return optax.masked(
+      _egd(config, method="polar_express", ns_steps=config.ns_steps), kernel_mask
+    )
+  if name == "column-norm":
+    return optax.masked(optax_egd.column_norm(), _matrix_kernel_mask)
+  if name == "grokfast-ema":
+    return optax_egd.grokfast_ema(config.ema_alpha, config.ema_lamb)
+  if name == "grokfast-ma":
+    return optax_egd.grokfast_ma(config.ma_window, config.ma_lamb)
+  if name == "orthograd":
+    return optax_egd.orthograd()
+  raise ValueError(f"unknown preconditioner {name!r}; choose from {PRECONDITIONERS}")
+
+
+def base(name: str, config: OptimizerConfig) -> optax.GradientTransformation:
+  """``sgd`` or ``adamw`` with the configured hyperparameters."""
+  if name == "sgd":
+    return optax.sgd(config.lr, momentum=config.momentum or None)
+  if name == "adamw":
+    return optax.adamw(
+      config.adam_lr, config.b1, config.b2, weight_decay=config.adam_weight_decay
+    )
+  raise ValueError(f"unknown base optimizer {name!r}; choose from {BASES}")
+
+
+def egd_on_smoothed(
+  name: str, config: OptimizerConfig, first_kernel: Path
+) -> optax.GradientTransformation:
+  """``adam-egd``, ``momentum-egd`` or ``momentum-egd-first-layer``.
+
+  As the module docstring says: the smoothing and EGD act on the selected
+  kernels only; every other parameter takes plain SGD (``momentum-egd*``)
+  or AdamW with ``adam_lr`` (``adam-egd``).
+  """
+  if name in ("momentum-egd", "momentum-egd-first-layer"):
+    mask = _path_mask(first_kernel) if name.endswith("-first-layer") else kernel_mask
+    momentum = optax.trace(config.momentum or DEFAULT_MOMENTUM)
+    return optax.chain(
+      optax.masked(optax.chain(momentum, _egd(config)), mask),
+      optax.sgd(config.lr),
+    )
+  if name != "adam-egd":
+    raise ValueError(f"unknown composition {name!r}; choose from {COMPOSED}")
+  matrices = optax.chain(
+    optax.scale_by_adam(config.b1, config.b2),
+    _egd(config),
+    optax.add_decayed_weights(config.adam_weight_decay),
+    optax.scale_by_learning_rate(config.lr),
+  )
+  rest = optax.adamw(
+    config.adam_lr, config.b1, config.b2, weight_decay=config.adam_weight_decay
+  )
+
+  def labels(params: Any) -> Any:
+    return jax.tree.map(
+      lambda is_matrix: "egd" if is_matrix else "adamw", kernel_mask(params)
+    )
+
+  return optax.partition({"egd": matrices, "adamw": rest}, labels)
+
+
+def build(
+  name: str, config: OptimizerConfig, first_kernel: Path
+) -> optax.GradientTransformation:
+  """The optimizer named ``name`` (one of :data:`NAMES`).
+
+  Args:
+    name: optimizer name.
+    config: hyperparameters.
+    first_kernel: path of the model's first kernel (``model.first_kernel``),
+      used by ``egd-first-layer``.
+  """
+  if name not in NAMES:
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(NAMES)}")
+  if name in BASES:
+    return base(name, config)
+  if name == "muon":
+    return optax.contrib.muon(
+      config.muon_lr,
+      weight_decay=config.adam_weight_decay,
+      muon_weight_dimension_numbers=matrix_dimension_numbers,
+    )
+  if name in COMPOSED:
+    return egd_on_smoothed(name, config, first_kernel)
+  if name.endswith("-adamw"):
+    return optax.chain(
+      preconditioner(name.removesuffix("-adamw"), config, first_kernel),
+      base("adamw", config),
+    )
+  return optax.chain(preconditioner(name, config, first_kernel), base("sgd", config))
