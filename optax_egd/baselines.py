@@ -41,9 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
-  return jnp.promote_types(dtype, jnp.float32)
+from optax_egd.polar import compute_dtype
 
 
 def _check_number(
@@ -110,7 +108,7 @@ def column_norm(
   def normalize(g: jax.Array) -> jax.Array:
     if g.ndim < 2:
       return g
-    x = g.astype(_compute_dtype(g.dtype))
+    x = g.astype(compute_dtype(g.dtype))
     norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
     largest = jnp.max(norms, axis=-3 - axis, keepdims=True, initial=0.0)
     floor = jnp.maximum(rtol * largest, jnp.finfo(x.dtype).tiny)
@@ -173,7 +171,7 @@ def grokfast_ema(
 
   def init_fn(params: optax.Params) -> GrokfastEmaState:
     ema = jax.tree.map(
-        lambda p: jnp.zeros(p.shape, _compute_dtype(p.dtype)), params)
+        lambda p: jnp.zeros(p.shape, compute_dtype(p.dtype)), params)
     return GrokfastEmaState(count=jnp.zeros([], jnp.int32), ema=ema)
 
   def update_fn(
@@ -264,7 +262,7 @@ def grokfast_ma(
         lambda g, b: b.at[slot].set(g.astype(b.dtype)), updates, state.buffer)
 
     def amplify(g: jax.Array, b: jax.Array) -> jax.Array:
-      total = jnp.sum(b.astype(_compute_dtype(b.dtype)), axis=0)
+      total = jnp.sum(b.astype(compute_dtype(b.dtype)), axis=0)
       out = g + lamb * total / jnp.minimum(count, window)
       if warmup:
         out = jnp.where(count >= window, out, g)
@@ -308,7 +306,7 @@ def orthograd(rtol: float = 1e-4) -> optax.GradientTransformationExtraArgs:
   _check_number("rtol", rtol, 0, 1)
 
   def project(g: jax.Array, w: jax.Array) -> jax.Array:
-    dtype = _compute_dtype(jnp.result_type(g, w))
+    dtype = compute_dtype(jnp.result_type(g, w))
     x, w = g.astype(dtype), w.astype(dtype)
     tiny = jnp.finfo(dtype).tiny
     perp = x - jnp.sum(w * x) / jnp.maximum(jnp.sum(w * w), tiny) * w

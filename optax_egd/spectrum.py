@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
+from optax_egd.polar import compute_dtype, default_rtol
+
 
 class SpectrumInfo(NamedTuple):
   """Spectral summary of a matrix, or of a batch of them (leading axes).
@@ -46,9 +48,9 @@ class SpectrumInfo(NamedTuple):
 
 
 def _matrix_spectrum(x: jax.Array, rtol: float | jax.Array | None) -> SpectrumInfo:
-  dtype = jnp.promote_types(x.dtype, jnp.float32)
+  dtype = compute_dtype(x.dtype)
   if rtol is None:
-    rtol = max(x.shape[-2:]) * float(jnp.finfo(dtype).eps)
+    rtol = default_rtol(x.shape, dtype)
   s = jnp.linalg.svd(x.astype(dtype), compute_uv=False)
   s_max = jnp.max(s, axis=-1, initial=0.0)
   above = s > rtol * s_max[..., None]
