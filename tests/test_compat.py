@@ -3,9 +3,9 @@ transformations, determinism and checkpoint/resume."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
+from _helpers import count_compiles
 from flax import nnx
 import flax.linen as nn
 from flax.training import train_state
@@ -70,21 +70,6 @@ def _train(tx, steps: int = STEPS, params=None, data=None, **jit_kwargs):
 def _assert_decreases(losses, factor: float = 0.8):
   assert np.all(np.isfinite(losses)), losses
   assert losses[-1] < factor * losses[0], losses
-
-
-@contextlib.contextmanager
-def count_compiles():
-  events: list[str] = []
-
-  def listener(name: str, _secs: float, **_: object) -> None:
-    if name == "/jax/core/compile/backend_compile_duration":
-      events.append(name)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield events
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _tree_equal(a, b) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
+from _helpers import count_compiles
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -43,22 +43,6 @@ def run(tx, grads, state=None, params=None):
   state = tx.init(grads if params is None else params) if state is None \
       else state
   return jax.jit(tx.update)(grads, state, params)
-
-
-@contextlib.contextmanager
-def count_compiles():
-  """Counts XLA backend compilations inside the block."""
-  events: list[str] = []
-
-  def listener(name: str, _secs: float, **_: object) -> None:
-    if name == "/jax/core/compile/backend_compile_duration":
-      events.append(name)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield events
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,22 @@
+"""Helpers shared by the test modules (imported as ``_helpers``)."""
+
+from collections.abc import Iterator
+import contextlib
+
+import jax
+
+
+@contextlib.contextmanager
+def count_compiles() -> Iterator[list[str]]:
+  """Counts XLA backend compilations inside the block."""
+  events: list[str] = []
+
+  def listener(name: str, _secs: float, **_: object) -> None:
+    if name == "/jax/core/compile/backend_compile_duration":
+      events.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield events
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
