@@ -28,7 +28,6 @@ import statistics
 import sys
 from typing import Any
 
-from flax import nnx
 import jax
 import optax
 
@@ -87,9 +86,7 @@ def build_optimizer(name: str, config: optimizers.OptimizerConfig,
 def run_one(name: str, op: tasks.Operation, p: int, seed: int,
             config: train.TrainConfig, log_every: int) -> Row:
   """Trains the MLP on ``a op b mod p`` with optimizer ``name``."""
-  data = tasks.modular_arithmetic(jax.random.key(seed), op, p, 0.5)
-  model = models.MLP(data.num_features, _common.MLP_HIDDEN, data.num_classes,
-                     rngs=nnx.Rngs(seed))
+  data, model = _common.paper_mlp_task(seed, p, op)
   tx = build_optimizer(name, optimizers.OptimizerConfig(seed=seed),
                        models.MLP.first_kernel)
   compiled, run = train.start(model, tx, data, config)

@@ -157,13 +157,18 @@ def default_rtol(shape: tuple[int, ...], dtype: jnp.dtype) -> float:
 def auto_method(shape: tuple[int, ...], backend: str | None = None) -> str:
   """The method ``"auto"`` resolves to for a matrix ``shape`` on ``backend``.
 
-  Measured with ``python -m benchmarks.polar`` (see ``benchmarks/README.md``):
-  on CPU ``jnp.linalg.svd`` is the fastest method that is exact to 1e-4 on
-  every matrix kind we test (Gaussian, rank-deficient, condition 1e6, real
-  gradients) for square and rectangular shapes alike. Gram-``eigh`` is faster
-  on strongly rectangular matrices but loses accuracy on ill-conditioned ones,
-  so it is never chosen automatically. On TPU, where the SVD is itself built on
-  QDWH, ``"qdwh"`` is used.
+  Measured with ``python -m benchmarks.polar`` (see ``benchmarks/README.md``;
+  2-core CPU, jax 0.10.2): on CPU ``"svd"`` is the fastest method that is
+  exact to 1e-4 (or to the float32 floor it sets) on every matrix kind we
+  test (Gaussian, rank-deficient, condition 1e6, real gradients of the
+  paper's MLP), square and rectangular alike. Gram-``eigh`` is 2-5x faster on
+  strongly rectangular matrices but 3.6e-2 off on the real 512×97 gradient
+  (condition ≈ 460) and ≈ 0.5 off at condition 1e6, so it is never chosen
+  automatically; a guard falling back to the SVD unless λ_min ≥ 1e-3·λ_max
+  rejects both real MLP gradients (conditions 58 and 460) and so only adds
+  cost. ``"qdwh"`` and ``"polar_express"`` are not faster than the SVD on
+  CPU. On TPU, where the SVD is itself built on QDWH, ``"qdwh"`` is used (not
+  measured here).
 
   Args:
     shape: the matrix shape (leading batch axes are ignored).

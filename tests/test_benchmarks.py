@@ -30,15 +30,15 @@ def test_polar_tiny(tmp_path: pathlib.Path) -> None:
               "eigh_guard", "--repeats", "1", "--min-seconds", "0",
               "--out", str(out)])
   rows = _load(out)["results"]
-  assert len(rows) == 2 * 2 * 4
+  assert len(rows) == 2 * 2 * 5  # jnp_svd, the baseline, is always added.
   for r in rows:
     assert r["median_s"] > 0
-    if r["method"] in ("svd", "eigh_guard"):
+    if r["method"] in ("jnp_svd", "svd", "eigh_guard"):
       assert r["rel_err"] < 1e-2  # Exact up to the float32 floor.
   gauss = {r["method"]: r for r in rows
            if r["kind"] == "gaussian" and r["shape"] == [40, 24]}
   assert gauss["svd"]["rel_err"] < 1e-5
-  assert gauss["svd"]["speedup_vs_svd"] == 1.0
+  assert gauss["jnp_svd"]["speedup_vs_base"] == 1.0
 
 
 def test_polar_reference_matches_definition() -> None:
