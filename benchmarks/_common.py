@@ -22,7 +22,6 @@ import jax
 import numpy as np
 import optax
 
-import benchmarks
 from experiments import _threads, models, optimizers, tasks, train
 import optax_egd
 
@@ -61,11 +60,10 @@ def load() -> dict[str, Any]:
 
 
 def pool_line() -> str:
-  """The XLA CPU thread-pool setting and who chose it (see ``benchmarks``)."""
-  value = os.environ.get(benchmarks.POOL_VARIABLE)
-  origin = ("set by benchmarks: deadlock workaround, see README"
-            if benchmarks.POOL_SET_HERE else "from the environment")
-  return f"XLA CPU pool: {benchmarks.POOL_VARIABLE}={value} ({origin})"
+  """The XLA CPU thread-pool size (``NPROC``) if the environment sets it."""
+  value = os.environ.get("NPROC")
+  return f"XLA CPU pool: NPROC={value} (from the environment)" if value else (
+      "XLA CPU pool: XLA's default size")
 
 
 def machine_info() -> dict[str, Any]:

@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import os
 
-# Before JAX loads: simulated CPU devices, and a bigger intra-op pool (jaxlib's
-# batched LAPACK kernels wait on that pool; with 8 devices decomposing at once
-# the default pool of max(cores, devices) threads can run out and hang).
-os.environ.setdefault("NPROC", "64")
+# Before JAX loads: simulated CPU devices.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8")

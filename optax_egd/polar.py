@@ -1,7 +1,9 @@
 """Polar factors of matrices: the UVᵀ of G = USVᵀ that EGD steps along.
 
 Every method here maps the singular values of the last two axes of ``x`` to
-(approximately) one and keeps the singular vectors; leading axes are a batch.
+(approximately) one and keeps the singular vectors; leading axes are a batch
+(decomposed one matrix at a time on CPU, where several batched LAPACK calls
+in one program can deadlock jaxlib 0.10's thread pool; see ``_per_matrix``).
 Decompositions run in float32 or wider and the result has the input's dtype.
 
 The exact methods share one rule for small singular values: σ is mapped to
@@ -90,6 +92,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+import functools
 import math
 from typing import Literal, get_args
 
@@ -118,6 +122,8 @@ POLAR_EXPRESS_COEFFS = tuple(
     (a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in _PE_RAW[:-1]
 ) + (_PE_RAW[-1],)
 
+# Methods whose result for a vector (one row or column) is exactly x/‖x‖.
+_EXACT_FOR_VECTORS = ("svd", "eigh", "rsvd", "qdwh")
 DEFAULT_NS_STEPS = {"newton_schulz": 5, "polar_express": 8}
 DEFAULT_OVERSAMPLE = 10
 QR_ASPECT = 2  # "svd" QR-factorizes first when max(m, n) >= QR_ASPECT·min(m, n).
@@ -277,15 +283,13 @@ def _orthonormal_basis(y: jax.Array) -> jax.Array:
 
 def _polar_rsvd(
     x: jax.Array,
+    omega: jax.Array,
     rtol: jax.Array,
-    key: jax.Array,
     rank: int,
-    oversample: int,
     power_iters: int,
 ) -> jax.Array:
-  *batch, m, n = x.shape
-  width = min(rank + oversample, m, n)
-  omega = jax.random.normal(key, (*batch, n, width), x.dtype)
+  # omega: the (..., n, width) Gaussian sketch.
+  width = omega.shape[-1]
   q = _orthonormal_basis(_mm(x, omega))
   for _ in range(power_iters):
     q = _orthonormal_basis(_mm(x, _orthonormal_basis(_mm(_t(x), q))))
@@ -342,11 +346,32 @@ def _polar_qdwh(x: jax.Array, rtol: float) -> jax.Array:
   # inputs up to one as well, hence max_iterations.
   steps = _qdwh_steps(rtol)
 
-  def one(a: jax.Array) -> jax.Array:
-    u, _, _, _ = jax.lax.linalg.qdwh(a, eps=rtol, max_iterations=steps)
-    return u
-  flat = x.reshape(-1, *x.shape[-2:])
-  return jax.vmap(one)(flat).reshape(x.shape)
+  u, _, _, _ = jax.lax.linalg.qdwh(x, eps=rtol, max_iterations=steps)
+  return u
+
+
+def _per_matrix(f: Callable[..., jax.Array], x: jax.Array,
+                *args: jax.Array) -> jax.Array:
+  """``f`` (written for one matrix) over the leading axes of ``x`` and ``args``.
+
+  On CPU one matrix per call, in a ``lax.map`` loop: with jax/jaxlib 0.10 a
+  compiled program holding several *batched* LAPACK calls (SVD, eigh, QR of
+  stacks, e.g. ``egd`` on a model with several matrix shapes) can deadlock
+  XLA's CPU thread pool, whereas unbatched calls never did in our repros (see
+  "Known issue" in ``benchmarks/README.md``). Batched calls are up to 1.4x
+  faster there, but a step that hangs is worse. Elsewhere: ``vmap`` (one
+  batched call).
+  """
+  batch = x.shape[:-2]
+  if math.prod(batch) == 1:
+    one = f(x.reshape(x.shape[-2:]), *(a.reshape(a.shape[len(batch):]) for a in args))
+    return one.reshape(*batch, *one.shape)
+  flat = [a.reshape(-1, *a.shape[len(batch):]) for a in (x, *args)]
+  y = jax.lax.platform_dependent(
+      *flat,
+      cpu=lambda *a: jax.lax.map(lambda b: f(*b), a),
+      default=jax.vmap(f))
+  return y.reshape(*batch, *y.shape[1:])
 
 
 def polar(
@@ -418,23 +443,34 @@ def polar(
   finite = jnp.isfinite(amax)
   x = jnp.where(finite, jnp.ldexp(x, -jnp.where(finite, jnp.frexp(amax)[1], 0)), 0)
   tall = x.shape[-2] > x.shape[-1]
-  if method == "svd":
-    y = _t(_polar_svd(_t(x), rtol)) if tall else _polar_svd(x, rtol)
+  if min(x.shape[-2:]) == 1 and method in _EXACT_FOR_VECTORS:
+    # A row or column vector's only singular value is its norm: UVᵀ = x/‖x‖,
+    # exactly what the decompositions return, without a LAPACK call.
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+    y = _safe_div(x, norm)
+  elif method == "svd":
+    svd = functools.partial(_polar_svd, rtol=rtol)
+    y = _t(_per_matrix(svd, _t(x))) if tall else _per_matrix(svd, x)
   elif method == "rsvd":
     assert rank is not None and key is not None
-    y = _polar_rsvd(
-        x, rtol, key, rank,
-        DEFAULT_OVERSAMPLE if oversample is None else oversample,
-        DEFAULT_POWER_ITERS if power_iters is None else power_iters)
+    *batch, m, n = x.shape
+    width = min(rank + (DEFAULT_OVERSAMPLE if oversample is None else oversample),
+                m, n)
+    omega = jax.random.normal(key, (*batch, n, width), x.dtype)
+    iters = DEFAULT_POWER_ITERS if power_iters is None else power_iters
+    rsvd = functools.partial(_polar_rsvd, rtol=rtol, rank=rank, power_iters=iters)
+    y = _per_matrix(rsvd, x, omega)
   elif method == "qdwh":
-    y = _t(_polar_qdwh(_t(x), qdwh_rtol)) if not tall else _polar_qdwh(x, qdwh_rtol)
+    qdwh = functools.partial(_polar_qdwh, rtol=qdwh_rtol)
+    y = _t(_per_matrix(qdwh, _t(x))) if not tall else _per_matrix(qdwh, x)
+  elif method == "eigh":
+    eigh = functools.partial(_polar_eigh, rtol=rtol)
+    y = _t(_per_matrix(eigh, _t(x))) if tall else _per_matrix(eigh, x)
   else:
+    # Newton–Schulz and Polar Express are matmuls only: one batched program.
     wide = _t(x) if tall else x
-    if method == "eigh":
-      y = _polar_eigh(wide, rtol)
-    else:
-      steps = ns_steps or DEFAULT_NS_STEPS[method]
-      y = _polar_newton_schulz(wide, _ns_coeffs(method, steps))
+    steps = ns_steps or DEFAULT_NS_STEPS[method]
+    y = _polar_newton_schulz(wide, _ns_coeffs(method, steps))
     y = _t(y) if tall else y
   # A NaN or Inf entry makes its whole matrix NaN, never a finite update.
   y = jnp.where(finite, y, jnp.nan)

@@ -182,8 +182,9 @@ def egd(
 
   Every leaf with two or more dimensions is replaced by its polar factor (see
   :func:`optax_egd.polar`); leaves with fewer dimensions pass through
-  untouched. Leaves of the same matrix shape are stacked and decomposed in one
-  batched call.
+  untouched. Leaves of the same matrix shape are stacked: one batched
+  decomposition on GPU/TPU, one matrix after another in a compiled loop on CPU
+  (see :func:`optax_egd.polar`).
 
   Args:
     method: polar algorithm, one of ``optax_egd.METHODS``; static.

@@ -1,17 +1,13 @@
 """Sharding checks for ``egd``, run by ``tests/test_sharding.py`` in a subprocess.
 
 Needs 8 devices, e.g. ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
-on CPU (the test sets it), and ``NPROC=64``: jaxlib's batched LAPACK kernels
-split a batch over the intra-op thread pool and block a pool thread until the
-pieces finish; with 8 simulated devices decomposing at once every pool thread
-(max(cores, devices) of them) can end up waiting and the program hangs. A
-bigger pool (``NPROC`` sets its size) leaves threads to run the pieces.
+on CPU (the test sets it).
 
 Every check compares the update on a (2, 4) ("data", "model") mesh with the
 single-device update (values to 1e-5 relative; on explicit axes also the
 sharding, which must be the gradient's) and prints one JSON object
 ``{check name: traceback or null}`` on the last line of stdout. Run by hand:
-``NPROC=64 XLA_FLAGS=--xla_force_host_platform_device_count=8 python
+``XLA_FLAGS=--xla_force_host_platform_device_count=8 python
 tests/_sharding_worker.py``.
 """
 
@@ -98,10 +94,25 @@ def _run(tx: optax.GradientTransformation, grads: Any,
   update = jax.jit(tx.update, out_shardings=(shardings, None) if pin else None)
   state = tx.init(grads)
   compiled = update.lower(grads, state).compile()
-  batches = sorted(int(b) for b in re.findall(
-      r"= \(f32\[(\d+),\d+,\d+\][^\n]*custom_call_target=\"lapack_sgesdd",
-      compiled.as_text()))
-  return compiled(grads, state)[0], batches
+  return compiled(grads, state)[0], _svd_batches(compiled.as_text())
+
+
+def _svd_batches(hlo: str) -> list[int]:
+  """Matrices per SVD group in compiled CPU HLO, sorted.
+
+  On CPU ``polar`` decomposes a stack one matrix at a time: a ``while`` loop
+  (its known trip count is the stack size) whose body holds an unbatched
+  ``sgesdd``; a stack of one is a single unbatched call outside any loop.
+  """
+  svd = 'custom_call_target="lapack_sgesdd'
+  bodies = {name for name, text in re.findall(
+      r"^(?:ENTRY )?%(\S+) .*?\{\n(.*?)^\}", hlo, re.M | re.S) if svd in text}
+  loops = [int(n) for body, n in re.findall(
+      r'body=%(\S+?),.*"known_trip_count":\{"n":"(\d+)"\}', hlo)
+      if body in bodies]
+  single = [line for line in hlo.splitlines()
+            if svd in line and "/while/body/" not in line]
+  return sorted(loops + [1] * len(single))
 
 
 def _update(tx: optax.GradientTransformation, grads: Any,

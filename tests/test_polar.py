@@ -9,6 +9,7 @@ purpose: every new (method, shape) pair costs a compile.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -276,6 +277,42 @@ def test_batch_is_per_matrix(method):
       continue
     else:
       np.testing.assert_allclose(got, single[name], atol=1e-5, err_msg=name)
+
+
+def _lapack_calls(fn, *args) -> list[str]:
+  """The LAPACK custom calls in ``fn``'s compiled CPU program, one line each."""
+  hlo = jax.jit(fn).lower(*args).compile().as_text()
+  return [line for line in hlo.splitlines() if 'custom_call_target="lapack_' in line]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU program layout")
+@pytest.mark.parametrize("method", EXACT)
+def test_cpu_decomposes_stacks_one_matrix_at_a_time(method):
+  """No batched LAPACK call on CPU: several in one program can deadlock
+  jaxlib's thread pool (see polar._per_matrix), unbatched ones do not."""
+  stacks = (jnp.ones((3, 8, 24)) + jnp.eye(8, 24),
+            jnp.ones((2, 16, 6)) + jnp.eye(16, 6))
+  fn = lambda a, b: [polar(x, method, rank=4, key=jax.random.key(0)) for x in (a, b)]
+  calls = _lapack_calls(fn, *stacks)
+  assert calls, "expected LAPACK calls"
+  for line in calls:
+    operand = line.split("custom-call(")[0]
+    assert not re.search(r"f32\[\d+,\d+,\d+\]", operand), line[:200]
+  if method != "rsvd":  # rsvd draws its sketch for the whole stack
+    np.testing.assert_allclose(fn(*stacks)[0][1], polar(stacks[0][1], method),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("method", EXACT)
+@pytest.mark.parametrize("shape", [(1, 7), (7, 1), (3, 5, 1)])
+def test_vectors_are_normalized_without_a_decomposition(method, shape):
+  x = jax.random.normal(jax.random.key(1), shape)
+  got = polar(x, method, rank=1, key=jax.random.key(0))
+  np.testing.assert_allclose(
+      got, x / jnp.linalg.norm(x, axis=(-2, -1), keepdims=True), rtol=1e-6)
+  if jax.default_backend() == "cpu":
+    assert not _lapack_calls(lambda a: polar(a, method, rank=1,
+                                             key=jax.random.key(0)), x)
 
 
 def test_empty_matrix_passes_through():

@@ -35,7 +35,6 @@ def _cpu_env(devices: int) -> dict[str, str]:
   env["XLA_FLAGS"] = " ".join(
       [*flags, f"--xla_force_host_platform_device_count={devices}"])
   env["JAX_PLATFORMS"] = "cpu"
-  env["NPROC"] = "64"  # see the worker's docstring: avoids a LAPACK-pool hang
   env.setdefault("OPENBLAS_NUM_THREADS", "1")
   return env
 

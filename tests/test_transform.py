@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 from _helpers import count_compiles
 from flax import nnx
@@ -594,3 +598,29 @@ def test_integer_leaf_raises_naming_path(phase):
 def test_public_names():
   assert optax_egd.egd is egd and optax_egd.EGDState is EGDState
   assert optax_egd.DimensionNumbers is optax.contrib.MuonDimensionNumbers
+
+
+HANG_REPRO = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, optax, optax_egd
+    shapes = [(8, 128, 128), (2, 512, 128), (2, 128, 512), (128, 97)]
+    grads = [jnp.asarray(np.random.default_rng(i).standard_normal(s), jnp.float32)
+             for i, s in enumerate(shapes)]
+    tx = optax.chain(optax_egd.egd("svd"), optax.sgd(0.1))
+    step = jax.jit(tx.update)
+    state = tx.init(grads)
+    for _ in range(40):
+      updates, state = step(grads, state)
+      jax.block_until_ready(updates)
+    print("done")
+""")
+
+
+def test_several_stacked_shapes_do_not_hang():
+  """Regression: with batched LAPACK calls this program hung on CPU in most
+  runs (jax/jaxlib 0.10.2, 2 cores); polar now decomposes stacks one matrix
+  at a time there. Run in a fresh process with a deadline, without NPROC."""
+  env = {k: v for k, v in os.environ.items() if k != "NPROC"}
+  done = subprocess.run([sys.executable, "-c", HANG_REPRO], env=env, timeout=120,
+                        capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == "done"
