@@ -25,14 +25,17 @@ from collections.abc import Sequence
 import dataclasses
 import functools
 import sys
+from typing import Any
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import optax
 
 from benchmarks import _common
 from experiments import models, optimizers, tasks, train
 import optax_egd
+from optax_egd.polar import QR_ASPECT
 
 MODELS = ("mlp", "transformer")
 POLAR_METHODS = tuple(m for m in optax_egd.METHODS if m != "auto")
@@ -123,6 +126,46 @@ def run(model_names: Sequence[str], optimizer_names: Sequence[str], *,
   return rows
 
 
+def profile(model_name: str, *, batch_size: int, repeats: int,
+            min_seconds: float, seed: int) -> list[dict[str, Any]]:
+  """Where ``egd()``'s update time goes: per kernel, its polar factor and the
+  LAPACK calls behind it, timed interleaved on the model's real gradient.
+
+  Parts: ``polar`` (``optax_egd.polar``, method ``auto``, what ``egd()`` runs
+  per kernel), ``qr`` (the Householder QR of the long side that ``svd`` takes
+  first when the aspect ratio is ≥ ``QR_ASPECT``), ``svd_square`` (the SVD of
+  the min(m, n)-square factor left after it), ``jnp_svd`` (one
+  ``jnp.linalg.svd`` of the whole matrix).
+  """
+  model, data, _ = model_and_data(model_name, seed)
+  loss, params = _common.make_loss(model, data, train.TrainConfig(batch_size))
+  grads = jax.jit(jax.grad(loss))(params, data.x_train[:batch_size],
+                                  data.y_train[:batch_size])
+  calls, shapes = {}, {}
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    if g.ndim != 2:
+      continue
+    name = jax.tree_util.keystr(path)
+    shapes[name] = g.shape
+    wide = g if g.shape[0] <= g.shape[1] else g.T
+    parts = {"polar": (optax_egd.polar, g),
+             "jnp_svd": (functools.partial(jnp.linalg.svd, full_matrices=False), g)}
+    if wide.shape[1] >= QR_ASPECT * wide.shape[0]:
+      _, r = jnp.linalg.qr(wide.T)
+      parts["qr"] = (jnp.linalg.qr, wide.T)
+      parts["svd_square"] = (functools.partial(jnp.linalg.svd, full_matrices=False), r)
+    for part, (fn, arg) in parts.items():
+      compiled, _ = _common.compile_fn(fn, arg)
+      calls[f"{name}/{part}"] = functools.partial(compiled, arg)
+  timings = _common.time_interleaved(calls, repeats=repeats,
+                                     min_seconds=min_seconds)
+  return [dict(model=model_name, kernel=key.rsplit("/", 1)[0],
+               shape="×".join(map(str, shapes[key.rsplit("/", 1)[0]])),
+               part=key.rsplit("/", 1)[1], ms=t.median * 1e3,
+               min_ms=t.min * 1e3)
+          for key, t in timings.items()]
+
+
 def print_report(rows: Sequence[Row]) -> None:
   """Prints the table (milliseconds)."""
   table = [dict(dataclasses.asdict(r), step_ms=r.step_s * 1e3,
@@ -167,9 +210,19 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows = run(args.models, names, batch_size=args.batch_size, repeats=repeats,
              min_seconds=min_seconds, seed=args.seed)
   print_report(rows)
+  parts = []
+  if "mlp" in args.models:
+    parts = profile("mlp", batch_size=args.batch_size, repeats=repeats,
+                    min_seconds=min_seconds, seed=args.seed)
+    print("\nWhere egd()'s update goes on the MLP (per kernel gradient, ms):\n")
+    print(_common.markdown_table(parts, [
+        ("kernel", "kernel", "s"), ("shape", "shape", "s"),
+        ("part", "part", "s"), ("ms", "median ms", ".3f"),
+        ("min_ms", "min", ".3f")]))
   config = dict(vars(args), optimizers=names, repeats=repeats,
                 min_seconds=min_seconds)
-  path = _common.write_json(args.out, info, config, rows)
+  path = _common.write_json(args.out, info, config, rows,
+                            summary=dict(mlp_profile=parts))
   print(f"\nwrote {path}")
 
 

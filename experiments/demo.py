@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+import statistics
 
 from flax import nnx
 import jax
@@ -35,6 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     "--seed", type=int, default=0, help="seed of the split, init and shuffles"
   )
   parser.add_argument(
+    "--seeds", type=int, default=1, help="run seeds --seed .. --seed + N - 1"
+  )
+  parser.add_argument(
+    "--lr", type=float, default=0.7, help="SGD learning rate (0.7: the paper's)"
+  )
+  parser.add_argument(
     "--max-epochs", type=int, default=20000, help="give up after this many epochs"
   )
   parser.add_argument(
@@ -52,10 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(
-  name: str, optimizer: optax.GradientTransformation, args: argparse.Namespace
+  name: str,
+  optimizer: optax.GradientTransformation,
+  args: argparse.Namespace,
+  seed: int,
 ) -> RunResult:
   """Train the paper's MLP with ``optimizer`` to 95% test accuracy."""
-  data_key, init_key, shuffle_key = jax.random.split(jax.random.key(args.seed), 3)
+  data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
   data = modular_arithmetic(data_key, "add", args.p, train_fraction=0.5)
   model = MLP(data.num_features, 512, args.p, rngs=nnx.Rngs(params=init_key))
   config = TrainConfig(
@@ -106,15 +116,47 @@ def main(argv: list[str] | None = None) -> None:
     f"JAX {jax.__version__}, backend {jax.default_backend()} "
     f"({device.device_kind}, {jax.device_count()} device)"
   )
+  seeds = range(args.seed, args.seed + args.seeds)
   print(
     f"Task (a + b) mod {args.p}, 50% train split, MLP {2 * args.p}-512-{args.p}, "
-    f"batch 512, seed {args.seed}"
+    f"batch 512, seed{'s' if len(seeds) > 1 else ''} " + ", ".join(map(str, seeds))
   )
-  egd = optax_egd.egd() if args.method == "auto" else optax_egd.egd(args.method)
   label = "egd()" if args.method == "auto" else f"egd({args.method!r})"
-  run(f"EGD: chain({label}, sgd(0.7))", optax.chain(egd, optax.sgd(0.7)), args)
-  if args.compare:
-    run("SGD: sgd(0.7)", optax.sgd(0.7), args)
+  egd_results, sgd_results = [], []
+  for seed in seeds:
+    tag = f" [seed {seed}]" if len(seeds) > 1 else ""
+    egd = optax_egd.egd() if args.method == "auto" else optax_egd.egd(args.method)
+    egd_results.append(
+      run(
+        f"EGD: chain({label}, sgd({args.lr})){tag}",
+        optax.chain(egd, optax.sgd(args.lr)),
+        args,
+        seed,
+      )
+    )
+    if args.compare:
+      sgd_results.append(
+        run(f"SGD: sgd({args.lr}){tag}", optax.sgd(args.lr), args, seed)
+      )
+  if len(seeds) > 1:
+    _summary("EGD", egd_results)
+    if args.compare:
+      _summary("SGD", sgd_results)
+
+
+def _summary(name: str, results: list[RunResult]) -> None:
+  """Median and range of epochs and seconds to 95% over seeds."""
+  done = [r for r in results if r.epochs_to_target is not None]
+  line = f"{name}: {len(done)}/{len(results)} seeds reached 95%"
+  if done:
+    epochs = [r.epochs_to_target or 0 for r in done]
+    seconds = [r.seconds_to_target or 0.0 for r in done]
+    line += (
+      f"; epochs median {statistics.median(epochs):g} [{min(epochs)}-{max(epochs)}],"
+      f" seconds median {statistics.median(seconds):.2f}"
+      f" [{min(seconds):.2f}-{max(seconds):.2f}]"
+    )
+  print(line)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,13 @@ def test_step_tiny(tmp_path: pathlib.Path) -> None:
   assert [r["optimizer"] for r in rows] == ["sgd", "egd-off"]
   assert all(r["step_s"] > 0 and r["update_s"] > 0 for r in rows)
   assert rows[0]["step_ratio"] == 1.0
+  profile = _load(out)["summary"]["mlp_profile"]
+  parts = {(r["shape"], r["part"]) for r in profile}
+  # The first kernel (194×512) takes the QR-first route, the second (512×97)
+  # too (aspect ≥ 2); every part was timed.
+  assert {("194×512", p) for p in ("polar", "jnp_svd", "qr", "svd_square")} <= parts
+  assert ("512×97", "qr") in parts
+  assert all(r["ms"] > 0 for r in profile)
 
 
 def test_grok_tiny(tmp_path: pathlib.Path) -> None:

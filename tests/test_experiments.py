@@ -344,9 +344,11 @@ def test_threads_pinned_to_one_unless_set():
 
 
 def test_demo_runs(capsys):
-  demo.main(["--p", "37", "--max-epochs", "2"])
+  demo.main(["--p", "37", "--max-epochs", "2", "--seeds", "2", "--lr", "1.3"])
   out = capsys.readouterr().out
-  assert "BLAS threads" in out and "backend cpu" in out and "EGD" in out
+  assert "BLAS threads" in out and "backend cpu" in out and "seeds 0, 1" in out
+  assert out.count("EGD: chain(egd(), sgd(1.3)) [seed") == 2
+  assert "/2 seeds reached 95%" in out
 
 
 def test_cli_writes_json_and_png(tmp_path):
