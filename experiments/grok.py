@@ -129,6 +129,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   run.add_argument(
     "--egd-off-at", type=float, help="switch EGD off once test accuracy reaches this"
   )
+  run.add_argument(
+    "--train-metrics",
+    choices=("minibatch", "full"),
+    default="minibatch",
+    help="train loss/accuracy per epoch: the mean over the epoch's minibatches "
+    "(free) or a pass over the whole training set after the epoch",
+  )
   run.add_argument("--seed", type=int, default=0)
   run.add_argument(
     "--seeds", type=int, default=1, help="number of seeds, from --seed on"
@@ -241,6 +248,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     target_accuracy=args.target_accuracy,
     stop_at_target=not args.no_stop,
     egd_off_at=args.egd_off_at,
+    train_metrics=args.train_metrics,
   )
 
 

@@ -312,6 +312,32 @@ def test_training_groks_small_p_and_switches_egd_off():
   assert not train.egd_enabled(run.opt_state)
 
 
+@pytest.mark.parametrize("train_metrics", ["minibatch", "full"])
+def test_train_metrics_minibatch_or_full_pass(train_metrics):
+  key = jax.random.key(3)
+  data = tasks.modular_arithmetic(key, "add", P, 0.5)
+  model = models.MLP(data.num_features, 64, P, rngs=nnx.Rngs(params=key))
+  config = train.TrainConfig(batch_size=32, train_metrics=train_metrics)
+  tx = optax.sgd(0.5)
+  epoch, params = train.make_epoch_fn(model, tx, data, config)
+  new_params, _, metrics = jax.jit(epoch)(
+    params, tx.init(params), key, jnp.zeros([], jnp.int32)
+  )
+  graphdef, _, *rest = nnx.split(model, nnx.Param, ...)
+  full = train.loss_and_accuracy(
+    nnx.merge(graphdef, new_params, *rest)(data.x_train),
+    data.y_train,
+    P,
+    "cross_entropy",
+  )
+  # The full pass sees the trained parameters; the minibatch means are taken
+  # before each update, so after the first epoch they differ.
+  same = np.allclose(metrics["train_loss"], full[0], rtol=1e-5)
+  assert same == (train_metrics == "full")
+  if train_metrics == "full":
+    assert float(metrics["train_acc"]) == pytest.approx(float(full[1]))
+
+
 def test_sign_task_loss_and_accuracy():
   loss, acc = train.loss_and_accuracy(
     jnp.array([0.5, -2.0]), jnp.array([1.0, 1.0]), 0, "mse"
