@@ -357,10 +357,11 @@ def _per_matrix(f: Callable[..., jax.Array], x: jax.Array,
   On CPU one matrix per call, in a ``lax.map`` loop: with jax/jaxlib 0.10 a
   compiled program holding several *batched* LAPACK calls (SVD, eigh, QR of
   stacks, e.g. ``egd`` on a model with several matrix shapes) can deadlock
-  XLA's CPU thread pool, whereas unbatched calls never did in our repros (see
-  "Known issue" in ``benchmarks/README.md``). Batched calls are up to 1.4x
-  faster there, but a step that hangs is worse. Elsewhere: ``vmap`` (one
-  batched call).
+  XLA's CPU thread pool (5 of 8 runs of a four-stack repro hung; serializing
+  the stacks did not help), whereas unbatched calls never did (0 of 28); see
+  "Fixed: CPU deadlock" in ``benchmarks/README.md``. Batched calls are up to
+  1.4x faster on 2 cores, but a step that hangs is worse. Elsewhere: ``vmap``
+  (one batched call).
   """
   batch = x.shape[:-2]
   if math.prod(batch) == 1:
