@@ -10,8 +10,10 @@ same initial weights for a given seed; ``--seeds N`` repeats that for seeds
 ``seed .. seed+N-1``. The output folder gets ``results.json`` (the resolved
 configuration, and per run: epochs and seconds (compilation excluded) to the
 target test accuracy, final metrics, per-epoch curves, the epoch EGD was
-switched off) and ``curves.png``. Runs are checkpointed with Orbax every
-``--checkpoint-every`` epochs; ``--resume`` continues them exactly.
+switched off) and ``curves.png``; ``--spectrum`` adds the first kernel's
+gradient singular values per epoch and ``spectrum.png``. Runs are
+checkpointed with Orbax every ``--checkpoint-every`` epochs; ``--resume``
+continues them exactly.
 
 Hyperparameters left unset take the papers' values for the task: EGD's for
 modular arithmetic with the MLP and for sparse parity, Grokfast's for the
@@ -31,6 +33,7 @@ from typing import Any
 
 from flax import nnx
 import jax
+from matplotlib import cm
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
@@ -128,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   run.add_argument(
     "--egd-off-at", type=float, help="switch EGD off once test accuracy reaches this"
+  )
+  run.add_argument(
+    "--spectrum",
+    action="store_true",
+    help="record the first kernel's gradient singular values every epoch (on the "
+    "first batch of the training set) and draw spectrum.png",
   )
   run.add_argument(
     "--train-metrics",
@@ -262,6 +271,8 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   )
   optimizer = optimizers.build(name, opt_config, type(model).first_kernel)
   config = train_config(args)
+  if args.spectrum:
+    config = dataclasses.replace(config, spectrum_of=type(model).first_kernel)
   compiled, state = start(model, optimizer, data, config)
   checkpointer = _checkpointer(args, name, seed)
   if checkpointer is not None and args.resume:
@@ -396,6 +407,38 @@ def plot(
   fig.savefig(path, dpi=120)
 
 
+def plot_spectrum(
+  records: list[dict[str, Any]],
+  optimizer_names: list[str],
+  path: pathlib.Path,
+  title: str,
+) -> None:
+  """The paper's figure: the first kernel's gradient singular values σᵢ/σ₁
+  against epoch (log-log), one panel per optimizer (its first seed), one line
+  per index i, colored from the largest (dark) to the smallest (light)."""
+  fig = Figure(figsize=(5 * len(optimizer_names), 4))
+  axes = fig.subplots(1, len(optimizer_names), squeeze=False)[0]
+  for ax, name in zip(axes, optimizer_names, strict=True):
+    record = next(r for r in records if r["optimizer"] == name)
+    values = record["curves"]["grad_spectrum"]
+    epochs = range(1, len(values) + 1)
+    count = len(values[0]) if values else 0
+    for i in range(count):
+      ratio = [row[i] / row[0] if row[0] > 0 else float("nan") for row in values]
+      ax.plot(epochs, ratio, color=cm.viridis(i / max(count - 1, 1)), lw=0.7)
+    ax.set(
+      xscale="log",
+      yscale="log",
+      xlabel="epoch",
+      ylabel="σᵢ / σ₁",
+      title=f"{name} (seed {record['seed']})",
+    )
+    ax.grid(True, alpha=0.3)
+  fig.suptitle(f"{title}: first-layer gradient spectrum")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
 def _print_summary(summary: dict[str, dict[str, Any]], target: float) -> None:
   header = f"epochs to {target:.0%} (median [range])"
   print(f"{'optimizer':24s} reached  {header:31s} seconds (median)")
@@ -421,9 +464,14 @@ def main(argv: list[str] | None = None) -> None:
       summary = summarize(records, args.optimizers)
       results = {"config": config, "summary": summary, "runs": records}
       (args.out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
-  plot(records, args.optimizers, args.out / "curves.png", f"{args.task} ({args.model})")
+  title = f"{args.task} ({args.model})"
+  plot(records, args.optimizers, args.out / "curves.png", title)
+  written = ["results.json", "curves.png"]
+  if args.spectrum:
+    plot_spectrum(records, args.optimizers, args.out / "spectrum.png", title)
+    written.append("spectrum.png")
   _print_summary(summary, args.target_accuracy)
-  print(f"wrote {args.out / 'results.json'} and {args.out / 'curves.png'}")
+  print(f"wrote {', '.join(str(args.out / f) for f in written)}")
 
 
 if __name__ == "__main__":

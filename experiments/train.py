@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.models import is_kernel
+from experiments.models import is_kernel, path_keys
 from experiments.tasks import Dataset
+from optax_egd.spectrum import spectrum
 
 LossKind = Literal["cross_entropy", "mse"]
 Metrics = dict[str, jax.Array]
@@ -66,6 +67,10 @@ class TrainConfig:
       the epoch's minibatches, each taken before its update (free);
       ``"full"``: a pass over the whole training set after the epoch, like
       the test metrics (costs a forward pass over the training set).
+    spectrum_of: path of a kernel (e.g. ``model.first_kernel``) whose gradient
+      singular values are recorded after every epoch, on the first
+      ``batch_size`` training examples (the paper's spectrum figure); None:
+      not recorded.
   """
 
   batch_size: int = 512
@@ -76,6 +81,7 @@ class TrainConfig:
   stop_at_target: bool = True
   egd_off_at: float | None = None
   train_metrics: Literal["minibatch", "full"] = "minibatch"
+  spectrum_of: tuple[str | int, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -93,6 +99,7 @@ class History:
   test_acc: list[float] = dataclasses.field(default_factory=list)
   seconds: list[float] = dataclasses.field(default_factory=list)
   egd_enabled: list[bool] = dataclasses.field(default_factory=list)
+  grad_spectrum: list[list[float]] = dataclasses.field(default_factory=list)
 
   @property
   def epochs(self) -> int:
@@ -198,16 +205,29 @@ def make_epoch_fn(
       )
     else:
       train_loss, train_acc = losses.mean(), accs.mean()
-    return (
-      params,
-      opt_state,
-      {
-        "train_loss": train_loss,
-        "train_acc": train_acc,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-      },
-    )
+    metrics = {
+      "train_loss": train_loss,
+      "train_acc": train_acc,
+      "test_loss": test_loss,
+      "test_acc": test_acc,
+    }
+    if config.spectrum_of is not None:
+      metrics["grad_spectrum"] = gradient_spectrum(params)
+    return params, opt_state, metrics
+
+  def gradient_spectrum(params: Any) -> jax.Array:
+    head = slice(0, config.batch_size)
+    grads = jax.grad(objective, has_aux=True)(
+      params, data.x_train[head], data.y_train[head]
+    )[0]
+    kernel = [
+      g
+      for path, g in jax.tree_util.tree_leaves_with_path(grads)
+      if path_keys(path) == config.spectrum_of
+    ]
+    if len(kernel) != 1:
+      raise ValueError(f"spectrum_of={config.spectrum_of} names no parameter")
+    return spectrum(kernel[0]).singular_values
 
   return epoch, params
 
@@ -302,5 +322,7 @@ def _record(
 ) -> None:
   for name in METRIC_NAMES:
     getattr(history, name).append(float(metrics[name]))
+  if "grad_spectrum" in metrics:
+    history.grad_spectrum.append([float(v) for v in metrics["grad_spectrum"]])
   history.seconds.append(seconds)
   history.egd_enabled.append(bool(egd_on))

@@ -408,6 +408,23 @@ def test_cli_writes_json_and_png(tmp_path):
     "sgd",
   }
   assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not (tmp_path / "spectrum.png").exists()
+  assert egd_run["curves"]["grad_spectrum"] == []
+
+
+def test_cli_spectrum(tmp_path):
+  grok.main(
+    TINY
+    + ["--optimizer", "egd,sgd", "--max-epochs", "2", "--out", str(tmp_path)]
+    + ["--no-progress", "--checkpoint-every", "0", "--spectrum", "--hidden", "32"]
+  )
+  runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+  hidden = 32  # the first kernel is (2·P) × hidden
+  for run in runs:
+    values = np.asarray(run["curves"]["grad_spectrum"])
+    assert values.shape == (2, min(2 * P, hidden))
+    assert (np.diff(values, axis=1) <= 0).all() and (values[:, 0] > 0).all()
+  assert (tmp_path / "spectrum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_parity_and_transformer_defaults():
