@@ -46,7 +46,9 @@ MODELS = ("mlp", "transformer", "omnigrok")
 
 # Hyperparameters per task (and model) from the papers; see the module docstring.
 _MODULAR_MLP = dict(hidden=512, lr=0.7, l2=1e-4, batch_size=512, loss="cross_entropy")
-_MODULAR_TRANSFORMER = dict(l2=0.0, batch_size=512, loss="cross_entropy")
+_MODULAR_TRANSFORMER = dict(
+  l2=0.0, batch_size=512, loss="cross_entropy", warmup_steps=10
+)
 _PARITY = {
   2: dict(hidden=50, lr=1e-2, l2=1e-3),
   3: dict(hidden=100, lr=0.0416239, l2=1e-2),

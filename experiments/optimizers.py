@@ -30,7 +30,8 @@ suffix (``egd-adamw``, ``grokfast-ema-adamw``, ...):
 Defaults are the papers' own: SGD lr 0.7 (EGD, modular arithmetic), AdamW
 lr 1e-3 with β = (0.9, 0.98) (Grokfast's transformer), Muon lr 0.02, rSVD
 rank 128 (EGD's ``egd_rsvd_update_128``), Grokfast-EMA α 0.98 λ 2,
-Grokfast-MA window 100 λ 5.
+Grokfast-MA window 100 λ 5. ``warmup_steps`` (Grokfast's transformer: 10)
+ramps every learning rate up linearly from 0.
 """
 
 from __future__ import annotations
@@ -92,7 +93,15 @@ class OptimizerConfig:
   ema_lamb: float = 2.0
   ma_window: int = 100
   ma_lamb: float = 5.0
+  warmup_steps: int = 0
   seed: int = 0
+
+  def schedule(self, value: float) -> optax.ScalarOrSchedule:
+    """``value``, ramped up linearly from 0 over ``warmup_steps`` if set
+    (Grokfast's ``LambdaLR(min(step / 10, 1))``)."""
+    if self.warmup_steps <= 0:
+      return value
+    return optax.schedules.warmup_constant_schedule(0.0, value, self.warmup_steps)
 
 
 def _path_mask(target: Path) -> Callable[[Any], Any]:
@@ -155,10 +164,13 @@ def preconditioner(
 def base(name: str, config: OptimizerConfig) -> optax.GradientTransformation:
   """``sgd`` or ``adamw`` with the configured hyperparameters."""
   if name == "sgd":
-    return optax.sgd(config.lr, momentum=config.momentum or None)
+    return optax.sgd(config.schedule(config.lr), momentum=config.momentum or None)
   if name == "adamw":
     return optax.adamw(
-      config.adam_lr, config.b1, config.b2, weight_decay=config.adam_weight_decay
+      config.schedule(config.adam_lr),
+      config.b1,
+      config.b2,
+      weight_decay=config.adam_weight_decay,
     )
   raise ValueError(f"unknown base optimizer {name!r}; choose from {BASES}")
 
@@ -177,7 +189,7 @@ def egd_on_smoothed(
     momentum = optax.trace(config.momentum or DEFAULT_MOMENTUM)
     return optax.chain(
       optax.masked(optax.chain(momentum, _egd(config)), mask),
-      optax.sgd(config.lr),
+      optax.sgd(config.schedule(config.lr)),
     )
   if name != "adam-egd":
     raise ValueError(f"unknown composition {name!r}; choose from {COMPOSED}")
@@ -185,10 +197,13 @@ def egd_on_smoothed(
     optax.scale_by_adam(config.b1, config.b2),
     _egd(config),
     optax.add_decayed_weights(config.adam_weight_decay),
-    optax.scale_by_learning_rate(config.lr),
+    optax.scale_by_learning_rate(config.schedule(config.lr)),
   )
   rest = optax.adamw(
-    config.adam_lr, config.b1, config.b2, weight_decay=config.adam_weight_decay
+    config.schedule(config.adam_lr),
+    config.b1,
+    config.b2,
+    weight_decay=config.adam_weight_decay,
   )
 
   def labels(params: Any) -> Any:
@@ -216,7 +231,7 @@ def build(
     return base(name, config)
   if name == "muon":
     return optax.contrib.muon(
-      config.muon_lr,
+      config.schedule(config.muon_lr),
       weight_decay=config.adam_weight_decay,
       muon_weight_dimension_numbers=matrix_dimension_numbers,
     )

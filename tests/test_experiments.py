@@ -441,6 +441,7 @@ def test_cli_parity_and_transformer_defaults():
     grok.parse_args(["--encoding", "tokens", "--optimizer", "egd-adamw"])
   )
   assert tokens.model == "transformer" and tokens.l2 == 0.0 and tokens.adam_lr == 1e-3
+  assert tokens.warmup_steps == 10 and parity.warmup_steps == 0
   with pytest.raises(SystemExit):
     grok.resolve(grok.parse_args(["--optimizer", "nope"]))
 
@@ -469,3 +470,21 @@ def test_resume_equals_uninterrupted(tmp_path):
     a["epochs"] == b["epochs"] == 14 and a["epochs_to_target"] == b["epochs_to_target"]
   )
   assert a["egd_off_epoch"] == b["egd_off_epoch"] is not None
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "muon", "adam-egd"])
+def test_warmup_ramps_the_learning_rate(name):
+  params = {"w": {"kernel": jnp.ones((3, 2))}}
+  grads = {"w": {"kernel": jnp.array([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])}}
+  sizes = []
+  for warmup in (0, 4):
+    config = optimizers.OptimizerConfig(lr=0.1, warmup_steps=warmup)
+    tx = optimizers.build(name, config, ("w", "kernel"))
+    state, row = tx.init(params), []
+    for _ in range(6):
+      updates, state = tx.update(grads, state, params)
+      row.append(float(jnp.linalg.norm(updates["w"]["kernel"])))
+    sizes.append(row)
+  plain, warm = sizes
+  assert warm[0] == 0.0 and 0 < warm[1] < warm[2] < warm[3]
+  assert warm[4:] == pytest.approx(plain[4:], rel=1e-5)
