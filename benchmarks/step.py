@@ -85,6 +85,14 @@ def optimizer(name: str, config: optimizers.OptimizerConfig,
   return _common.egd_sgd(name.removeprefix("egd-"), config)
 
 
+def first_batch_gradient(model: nnx.Module, data: tasks.Dataset,
+                         config: train.TrainConfig) -> Any:
+  """The gradient of the experiments' objective on the first training batch."""
+  loss, params = _common.make_loss(model, data, config)
+  head = slice(0, config.batch_size)
+  return jax.jit(jax.grad(loss))(params, data.x_train[head], data.y_train[head])
+
+
 def run(model_names: Sequence[str], optimizer_names: Sequence[str], *,
         batch_size: int, repeats: int, min_seconds: float, seed: int
         ) -> list[Row]:
@@ -95,8 +103,7 @@ def run(model_names: Sequence[str], optimizer_names: Sequence[str], *,
   for model_name in model_names:
     model, data, first_kernel = model_and_data(model_name, seed)
     x, y = data.x_train[:batch_size], data.y_train[:batch_size]
-    loss, params = _common.make_loss(model, data, train_config)
-    grads = jax.jit(jax.grad(loss))(params, x, y)
+    grads = first_batch_gradient(model, data, train_config)
     calls = {}
     for name in optimizer_names:
       tx = optimizer(name, config, first_kernel)
@@ -138,30 +145,26 @@ def profile(model_name: str, *, batch_size: int, repeats: int,
   ``jnp.linalg.svd`` of the whole matrix).
   """
   model, data, _ = model_and_data(model_name, seed)
-  loss, params = _common.make_loss(model, data, train.TrainConfig(batch_size))
-  grads = jax.jit(jax.grad(loss))(params, data.x_train[:batch_size],
-                                  data.y_train[:batch_size])
-  calls, shapes = {}, {}
+  grads = first_batch_gradient(model, data, train.TrainConfig(batch_size))
+  calls, labels = {}, {}
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     if g.ndim != 2:
       continue
-    name = jax.tree_util.keystr(path)
-    shapes[name] = g.shape
+    kernel, shape = jax.tree_util.keystr(path), "×".join(map(str, g.shape))
     wide = g if g.shape[0] <= g.shape[1] else g.T
-    parts = {"polar": (optax_egd.polar, g),
-             "jnp_svd": (functools.partial(jnp.linalg.svd, full_matrices=False), g)}
+    svd = functools.partial(jnp.linalg.svd, full_matrices=False)
+    parts = {"polar": (optax_egd.polar, g), "jnp_svd": (svd, g)}
     if wide.shape[1] >= QR_ASPECT * wide.shape[0]:
       _, r = jnp.linalg.qr(wide.T)
       parts["qr"] = (jnp.linalg.qr, wide.T)
-      parts["svd_square"] = (functools.partial(jnp.linalg.svd, full_matrices=False), r)
+      parts["svd_square"] = (svd, r)
     for part, (fn, arg) in parts.items():
       compiled, _ = _common.compile_fn(fn, arg)
-      calls[f"{name}/{part}"] = functools.partial(compiled, arg)
+      calls[f"{kernel}/{part}"] = functools.partial(compiled, arg)
+      labels[f"{kernel}/{part}"] = dict(kernel=kernel, shape=shape, part=part)
   timings = _common.time_interleaved(calls, repeats=repeats,
                                      min_seconds=min_seconds)
-  return [dict(model=model_name, kernel=key.rsplit("/", 1)[0],
-               shape="×".join(map(str, shapes[key.rsplit("/", 1)[0]])),
-               part=key.rsplit("/", 1)[1], ms=t.median * 1e3,
+  return [dict(model=model_name, **labels[key], ms=t.median * 1e3,
                min_ms=t.min * 1e3)
           for key, t in timings.items()]
 

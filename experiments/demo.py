@@ -121,11 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     f"Task (a + b) mod {args.p}, 50% train split, MLP {2 * args.p}-512-{args.p}, "
     f"batch 512, seed{'s' if len(seeds) > 1 else ''} " + ", ".join(map(str, seeds))
   )
+  egd = optax_egd.egd() if args.method == "auto" else optax_egd.egd(args.method)
   label = "egd()" if args.method == "auto" else f"egd({args.method!r})"
   egd_results, sgd_results = [], []
   for seed in seeds:
     tag = f" [seed {seed}]" if len(seeds) > 1 else ""
-    egd = optax_egd.egd() if args.method == "auto" else optax_egd.egd(args.method)
     egd_results.append(
       run(
         f"EGD: chain({label}, sgd({args.lr})){tag}",

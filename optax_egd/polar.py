@@ -338,16 +338,15 @@ def _qdwh_steps(lower: float) -> int:
 
 
 def _polar_qdwh(x: jax.Array, rtol: float) -> jax.Array:
-  # x is tall (m >= n), as jax.lax.linalg.qdwh requires. Its `eps` is both the
-  # assumed lower bound ℓ of σ_min/σ_max and the convergence tolerance: with
-  # ℓ = rtol every σ above the cutoff converges to one within the scheduled
-  # steps. The ones below stay below one only if we stop there: qdwh's default
-  # Halley tail (up to 10 steps) would push float noise of rank-deficient
-  # inputs up to one as well, hence max_iterations.
+  # x is wide (m <= n); jax.lax.linalg.qdwh takes its tall transpose. Its `eps`
+  # is both the assumed lower bound ℓ of σ_min/σ_max and the convergence
+  # tolerance: with ℓ = rtol every σ above the cutoff converges to one within
+  # the scheduled steps. The ones below stay below one only if we stop there:
+  # qdwh's default Halley tail (up to 10 steps) would push float noise of
+  # rank-deficient inputs up to one as well, hence max_iterations.
   steps = _qdwh_steps(rtol)
-
-  u, _, _, _ = jax.lax.linalg.qdwh(x, eps=rtol, max_iterations=steps)
-  return u
+  u, _, _, _ = jax.lax.linalg.qdwh(_t(x), eps=rtol, max_iterations=steps)
+  return _t(u)
 
 
 def _per_matrix(f: Callable[..., jax.Array], x: jax.Array,
@@ -449,9 +448,6 @@ def polar(
     # exactly what the decompositions return, without a LAPACK call.
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
     y = _safe_div(x, norm)
-  elif method == "svd":
-    svd = functools.partial(_polar_svd, rtol=rtol)
-    y = _t(_per_matrix(svd, _t(x))) if tall else _per_matrix(svd, x)
   elif method == "rsvd":
     assert rank is not None and key is not None
     *batch, m, n = x.shape
@@ -461,17 +457,19 @@ def polar(
     iters = DEFAULT_POWER_ITERS if power_iters is None else power_iters
     rsvd = functools.partial(_polar_rsvd, rtol=rtol, rank=rank, power_iters=iters)
     y = _per_matrix(rsvd, x, omega)
-  elif method == "qdwh":
-    qdwh = functools.partial(_polar_qdwh, rtol=qdwh_rtol)
-    y = _t(_per_matrix(qdwh, _t(x))) if not tall else _per_matrix(qdwh, x)
-  elif method == "eigh":
-    eigh = functools.partial(_polar_eigh, rtol=rtol)
-    y = _t(_per_matrix(eigh, _t(x))) if tall else _per_matrix(eigh, x)
   else:
-    # Newton–Schulz and Polar Express are matmuls only: one batched program.
+    # The other methods are written for a wide matrix (m <= n).
     wide = _t(x) if tall else x
-    steps = ns_steps or DEFAULT_NS_STEPS[method]
-    y = _polar_newton_schulz(wide, _ns_coeffs(method, steps))
+    if method == "svd":
+      y = _per_matrix(functools.partial(_polar_svd, rtol=rtol), wide)
+    elif method == "eigh":
+      y = _per_matrix(functools.partial(_polar_eigh, rtol=rtol), wide)
+    elif method == "qdwh":
+      y = _per_matrix(functools.partial(_polar_qdwh, rtol=qdwh_rtol), wide)
+    else:
+      # Newton–Schulz and Polar Express are matmuls only: one batched program.
+      steps = ns_steps or DEFAULT_NS_STEPS[method]
+      y = _polar_newton_schulz(wide, _ns_coeffs(method, steps))
     y = _t(y) if tall else y
   # A NaN or Inf entry makes its whole matrix NaN, never a finite update.
   y = jnp.where(finite, y, jnp.nan)
