@@ -29,7 +29,7 @@ import math
 import pathlib
 import shutil
 import statistics
-from typing import Any
+from typing import Any, NoReturn
 
 from flax import nnx
 import jax
@@ -37,8 +37,9 @@ from matplotlib import cm
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from experiments import _threads, models, optimizers, tasks
-from experiments.checkpoint import Checkpointer
+from experiments import _cli, _threads, models, optimizers, tasks
+from experiments._cli import integer, number
+from experiments.checkpoint import Checkpointer, CheckpointError, config_differences
 from experiments.train import Run, RunResult, TrainConfig, start, train
 
 TASKS = ("mod_add", "mod_sub", "mod_mul", "mod_div", "parity", "mnist")
@@ -72,67 +73,110 @@ _OPTIMIZER_FIELDS = {
   for f in dataclasses.fields(optimizers.OptimizerConfig)
   if f.name != "seed"
 }
+# Accepted values of the optimizer options (a field missing here: any finite value).
+_OPTIMIZER_RANGES = {
+  "lr": number(0, low_open=True),
+  "momentum": number(0, 1, high_open=True),
+  "adam_lr": number(0, low_open=True),
+  "b1": number(0, 1, high_open=True),
+  "b2": number(0, 1, high_open=True),
+  "adam_weight_decay": number(0),
+  "muon_lr": number(0, low_open=True),
+  "rank": integer(1),
+  "ns_steps": integer(1),
+  "ema_alpha": number(0, 1, high_open=True),
+  "ema_lamb": number(0),
+  "ma_window": integer(1),
+  "ma_lamb": number(0),
+  "warmup_steps": integer(0),
+}
+# Options a resumed run may change; any other option must match the checkpoint's.
+RESUMABLE_CHANGES = frozenset(
+  {"max_epochs", "no_stop", "checkpoint_every", "resume", "no_progress", "out"}
+  | {"seed", "seeds", "optimizer", "optimizers"}
+)
+MNIST_IMAGES = 5000  # the images tasks.mnist reads; n_train of them train
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  """Parse the command line; task-dependent options stay None until :func:`resolve`."""
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+  """The command line's parser; every numeric option checks its range."""
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.grok", description=__doc__.splitlines()[0]
+  )
   task = p.add_argument_group("task")
   task.add_argument("--task", choices=TASKS, default="mod_add")
-  task.add_argument("--p", type=int, default=97, help="prime modulus")
-  task.add_argument("--train-fraction", type=float, default=0.5)
+  task.add_argument("--p", type=integer(2), default=97, help="prime modulus")
+  task.add_argument(
+    "--train-fraction", type=number(0, 1, low_open=True, high_open=True), default=0.5
+  )
   task.add_argument("--encoding", choices=("onehot", "tokens"), default="onehot")
   task.add_argument(
-    "--n", type=int, help="parity: input bits (default from --k: 400, 100, 50)"
+    "--n", type=integer(1), help="parity: input bits (default from --k: 400, 100, 50)"
   )
   task.add_argument(
-    "--k", type=int, help="parity: secret bits (2, 3 or 4 have presets; default 4)"
+    "--k",
+    type=integer(1),
+    help="parity: secret bits (2, 3 or 4 have presets; default 4)",
   )
   task.add_argument(
-    "--n-train", type=int, default=None, help="parity: 2000; MNIST: 1000"
+    "--n-train", type=integer(1), default=None, help="parity: 2000; MNIST: 1000"
   )
-  task.add_argument("--n-test", type=int, default=10000, help="parity test examples")
+  task.add_argument(
+    "--n-test", type=integer(1), default=10000, help="parity test examples"
+  )
   model = p.add_argument_group("model")
   model.add_argument(
     "--model",
     choices=MODELS,
     help="default: mlp, transformer for tokens, omnigrok for mnist",
   )
-  model.add_argument("--hidden", type=int, help="MLP hidden width")
-  model.add_argument("--layers", type=int, default=2, help="transformer layers")
-  model.add_argument("--d-model", type=int, default=128)
-  model.add_argument("--heads", type=int, default=4)
-  model.add_argument("--depth", type=int, default=3, help="Omnigrok MLP depth")
-  model.add_argument("--width", type=int, default=200, help="Omnigrok MLP width")
+  model.add_argument("--hidden", type=integer(1), help="MLP hidden width")
+  model.add_argument("--layers", type=integer(1), default=2, help="transformer layers")
+  model.add_argument("--d-model", type=integer(1), default=128)
+  model.add_argument("--heads", type=integer(1), default=4)
+  model.add_argument("--depth", type=integer(1), default=3, help="Omnigrok MLP depth")
+  model.add_argument("--width", type=integer(1), default=200, help="Omnigrok MLP width")
   model.add_argument(
-    "--init-scale", type=float, default=8.0, help="Omnigrok init multiplier"
+    "--init-scale",
+    type=number(0, low_open=True),
+    default=8.0,
+    help="Omnigrok init multiplier",
   )
   opt = p.add_argument_group("optimization")
   opt.add_argument(
     "--optimizer",
+    "--optimizers",
+    dest="optimizer",
     default="egd",
     help=f"comma-separated, from: {', '.join(optimizers.NAMES)}",
   )
   for name, kind in _OPTIMIZER_FIELDS.items():
     default = getattr(optimizers.OptimizerConfig(), name)
+    kind = _OPTIMIZER_RANGES.get(name) or (integer() if kind is int else number())
     opt.add_argument(
       f"--{name.replace('_', '-')}",
       type=kind,
-      help=f"default {default} unless the task sets it",
+      help=f"{kind.range}; default {default} unless the task sets it",
     )
-  opt.add_argument("--l2", type=float, help="weight decay as 0.5·l2·Σ‖W‖² in the loss")
-  opt.add_argument("--batch-size", type=int)
+  opt.add_argument(
+    "--l2", type=number(0), help="weight decay as 0.5·l2·Σ‖W‖² in the loss"
+  )
+  opt.add_argument("--batch-size", type=integer(1))
   opt.add_argument("--loss", choices=("cross_entropy", "mse"))
   run = p.add_argument_group("run")
-  run.add_argument("--max-epochs", type=int, default=2000)
+  run.add_argument("--max-epochs", type=integer(1), default=2000)
   run.add_argument(
-    "--target-accuracy", type=float, help="test accuracy to reach (0.95; MNIST 0.85)"
+    "--target-accuracy",
+    type=number(0, 1),
+    help="test accuracy to reach (0.95; MNIST 0.85)",
   )
   run.add_argument(
     "--no-stop", action="store_true", help="keep training after the target accuracy"
   )
   run.add_argument(
-    "--egd-off-at", type=float, help="switch EGD off once test accuracy reaches this"
+    "--egd-off-at",
+    type=number(0, 1),
+    help="switch EGD off once test accuracy reaches this",
   )
   run.add_argument(
     "--spectrum",
@@ -147,22 +191,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help="train loss/accuracy per epoch: the mean over the epoch's minibatches "
     "(free) or a pass over the whole training set after the epoch",
   )
-  run.add_argument("--seed", type=int, default=0)
+  run.add_argument("--seed", type=integer(0, _cli.SEED_MAX), default=0)
   run.add_argument(
-    "--seeds", type=int, default=1, help="number of seeds, from --seed on"
+    "--seeds", type=integer(1), default=1, help="number of seeds, from --seed on"
   )
   run.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/grok"))
   run.add_argument(
     "--checkpoint-every",
-    type=int,
+    type=integer(0),
     default=500,
     help="epochs between checkpoints; 0: none",
   )
   run.add_argument(
-    "--resume", action="store_true", help="continue from the checkpoints in --out"
+    "--resume",
+    action="store_true",
+    help="continue the runs checkpointed in --out (with more --max-epochs or "
+    "--no-stop; every other option must be the checkpoint's). An error if --out "
+    "has no checkpoint; a run of the command without one starts from epoch 0",
   )
   run.add_argument("--no-progress", action="store_true", help="no progress bar")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  """Parse the command line; task-dependent options stay None until :func:`resolve`."""
+  return build_parser().parse_args(argv)
+
+
+def _error(message: str) -> NoReturn:
+  """Exit with argparse's usage line and ``message`` (exit code 2)."""
+  build_parser().error(message)
 
 
 def task_defaults(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,14 +247,55 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if getattr(args, name) is None:
       setattr(args, name, getattr(optimizers.OptimizerConfig(), name))
   if args.task == "parity" and args.n is None:
-    raise SystemExit(f"--task parity --k {args.k} has no preset: give --n")
-  args.optimizers = [name.strip() for name in args.optimizer.split(",") if name.strip()]
-  unknown = [name for name in args.optimizers if name not in optimizers.NAMES]
-  if unknown:
-    raise SystemExit(
-      f"unknown optimizer(s) {unknown}; choose from {', '.join(optimizers.NAMES)}"
-    )
+    _error(f"--task parity --k {args.k} has no preset: give --n")
+  args.optimizers = _cli.name_list(args.optimizer)
+  problem = _cli.check_names("argument --optimizer", args.optimizers, optimizers.NAMES)
+  if problem:
+    _error(problem)
+  _check_task(args)
   return args
+
+
+def _check_task(args: argparse.Namespace) -> None:
+  """Exit with a usage error for options that do not fit the resolved task."""
+  if args.task.startswith("mod_") and not tasks.is_prime(args.p):
+    _error(f"argument --p: must be a prime >= 2 for --task {args.task}, got {args.p}")
+  if args.task == "parity" and args.k > args.n:
+    _error(f"argument --k: must be in [1, --n = {args.n}] for parity, got {args.k}")
+  if args.task == "mnist" and args.n_train >= MNIST_IMAGES:
+    _error(
+      f"argument --n-train: must be in [1, {MNIST_IMAGES - 1}] for mnist "
+      f"(the rest of the {MNIST_IMAGES} images are the test set), got {args.n_train}"
+    )
+  if args.task == "parity" and args.loss != "mse":
+    _error("argument --loss: parity (a ±1 target) needs --loss mse")
+  tokens = args.task.startswith("mod_") and args.encoding == "tokens"
+  if args.model == "transformer" and not tokens:
+    _error("--model transformer needs a modular task with --encoding tokens")
+  if args.model != "transformer" and tokens:
+    _error(f"--model {args.model} needs feature inputs: --encoding onehot")
+  if args.model == "transformer" and args.d_model % args.heads:
+    _error(f"argument --heads: must divide --d-model {args.d_model}, got {args.heads}")
+  if args.seed + args.seeds - 1 > _cli.SEED_MAX:
+    _error(f"--seed + --seeds - 1 must be <= {_cli.SEED_MAX}")
+  n_train = train_size(args)
+  if n_train < 1:
+    _error(
+      f"argument --train-fraction: {args.train_fraction} leaves no training example"
+    )
+  if args.batch_size > n_train:
+    _error(
+      f"argument --batch-size: must be in [1, {n_train}] (the training set of "
+      f"this task), got {args.batch_size}"
+    )
+
+
+def train_size(args: argparse.Namespace) -> int:
+  """Training examples of the (resolved) task, as :func:`make_data` splits them."""
+  if args.task.startswith("mod_"):
+    pairs = args.p * (args.p - 1 if args.task == "mod_div" else args.p)
+    return int(pairs * args.train_fraction)
+  return args.n_train
 
 
 def make_data(args: argparse.Namespace, key: jax.Array) -> tasks.Dataset:
@@ -278,7 +377,10 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   compiled, state = start(model, optimizer, data, config)
   checkpointer = _checkpointer(args, name, seed)
   if checkpointer is not None and args.resume:
-    state = checkpointer.restore(state)
+    try:
+      state = checkpointer.restore(state)
+    except CheckpointError as error:
+      _error(f"--resume: {error}")
   bar = tqdm(
     total=config.max_epochs,
     initial=state.result.history.epochs,
@@ -307,15 +409,79 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   return state.result
 
 
+def _checkpoint_dir(args: argparse.Namespace, name: str, seed: int) -> pathlib.Path:
+  return args.out / "checkpoints" / f"{name}-seed{seed}"
+
+
 def _checkpointer(
   args: argparse.Namespace, name: str, seed: int
 ) -> Checkpointer | None:
   if args.checkpoint_every <= 0:
     return None
-  directory = args.out / "checkpoints" / f"{name}-seed{seed}"
+  directory = _checkpoint_dir(args, name, seed)
   if not args.resume and directory.exists():
     shutil.rmtree(directory)
-  return Checkpointer(directory, args.checkpoint_every)
+  return Checkpointer(directory, args.checkpoint_every, run_config(args, name, seed))
+
+
+def run_config(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
+  """The options that make run (``name``, ``seed``): saved with its checkpoints,
+  and what ``--resume`` must match (all but :data:`RESUMABLE_CHANGES`)."""
+  config = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
+  return _json_safe(config | {"optimizer": name, "seed": seed})
+
+
+def _option(field: str) -> str:
+  return f"--{field.replace('_', '-')}"
+
+
+def check_resume(args: argparse.Namespace) -> None:
+  """Before any training, exit with a usage error unless ``--resume`` has
+  something to continue: at least one run's checkpoint in ``--out``, every
+  such checkpoint readable and made with the same options. Runs without a
+  checkpoint train from epoch 0, with a notice."""
+  if args.checkpoint_every == 0:
+    _error("--resume needs checkpoints: give --checkpoint-every N with N >= 1, not 0")
+  found, missing = 0, []
+  for seed in range(args.seed, args.seed + args.seeds):
+    for name in args.optimizers:
+      directory = _checkpoint_dir(args, name, seed)
+      if not directory.is_dir():
+        missing.append(f"{name} seed {seed}")
+        continue
+      checkpointer = Checkpointer(directory, args.checkpoint_every)
+      try:
+        if checkpointer.latest_step() is None:
+          missing.append(f"{name} seed {seed}")
+          continue
+        stored = checkpointer.check()
+      except CheckpointError as error:
+        _error(f"--resume: {error}")
+      finally:
+        checkpointer.close()
+      current = run_config(args, name, seed)
+      differ = config_differences(stored, current)
+      if differ:
+        changes = ", ".join(
+          f"{_option(f)} {stored.get(f, '(unset)')} (now {current.get(f, '(unset)')})"
+          for f in differ
+        )
+        _error(
+          f"--resume: {directory} was trained with other options: {changes}; "
+          "give the checkpoint's options, or drop --resume (or use another --out) "
+          "to start afresh"
+        )
+      found += 1
+  if not found:
+    folder = args.out / "checkpoints"
+    there = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    _error(
+      f"--resume: no checkpoint of these runs in {folder}"
+      + (f" (it has {', '.join(there)})" if there else "")
+      + "; drop --resume to start afresh"
+    )
+  for run in missing:
+    print(f"--resume: no checkpoint of {run}: it trains from epoch 0")
 
 
 def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
@@ -369,6 +535,21 @@ def summarize(
   return summary
 
 
+def _finite(values: list[Any]) -> list[float]:
+  """``values`` as floats, with None, NaN and infinities (a diverged run) as
+  NaN, which matplotlib leaves out of a line."""
+  return [float(v) if v is not None and math.isfinite(v) else math.nan for v in values]
+
+
+def _scale_y(ax: Any, values: list[float], log: bool) -> None:
+  """A log y axis (if ``log``) when some of ``values`` is positive, else linear;
+  a note on a panel with no finite value at all (a run diverged from epoch 1)."""
+  if log and any(v > 0 for v in values if math.isfinite(v)):
+    ax.set_yscale("log", nonpositive="mask")
+  if not any(math.isfinite(v) for v in values):
+    ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
+
+
 def plot(
   records: list[dict[str, Any]],
   optimizer_names: list[str],
@@ -384,13 +565,16 @@ def plot(
     ("train_loss", "train loss"),
     ("test_loss", "test loss"),
   ]
+  drawn: dict[str, list[float]] = {metric: [] for metric, _ in panels}
   for i, name in enumerate(optimizer_names):
     for j, record in enumerate(r for r in records if r["optimizer"] == name):
       epochs = range(1, record["epochs"] + 1)
       for ax, (metric, _) in zip(axes.flat, panels, strict=True):
+        values = _finite(record["curves"][metric])
+        drawn[metric] += values
         ax.plot(
           epochs,
-          record["curves"][metric],
+          values,
           color=f"C{i}",
           alpha=0.9 if j == 0 else 0.4,
           label=name if j == 0 else None,
@@ -399,8 +583,7 @@ def plot(
     ax.set_xscale("log")
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
-    if metric.endswith("loss"):
-      ax.set_yscale("log")
+    _scale_y(ax, drawn[metric], log=metric.endswith("loss"))
   for ax in axes[1]:
     ax.set_xlabel("epoch")
   axes[0, 0].legend()
@@ -425,12 +608,16 @@ def plot_spectrum(
     values = record["curves"]["grad_spectrum"]
     epochs = range(1, len(values) + 1)
     count = len(values[0]) if values else 0
+    ratios = []
     for i in range(count):
-      ratio = [row[i] / row[0] if row[0] > 0 else float("nan") for row in values]
+      ratio = _finite(
+        [row[i] / row[0] if row[0] > 0 else math.nan for row in _rows(values)]
+      )
+      ratios += ratio
       ax.plot(epochs, ratio, color=cm.viridis(i / max(count - 1, 1)), lw=0.7)
+    _scale_y(ax, ratios, log=True)
     ax.set(
       xscale="log",
-      yscale="log",
       xlabel="epoch",
       ylabel="σᵢ / σ₁",
       title=f"{name} (seed {record['seed']})",
@@ -439,6 +626,10 @@ def plot_spectrum(
   fig.suptitle(f"{title}: first-layer gradient spectrum")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+
+
+def _rows(values: list[list[Any]]) -> list[list[float]]:
+  return [[v if v is not None else math.nan for v in row] for row in values]
 
 
 def _print_summary(summary: dict[str, dict[str, Any]], target: float) -> None:
@@ -453,9 +644,13 @@ def _print_summary(summary: dict[str, dict[str, Any]], target: float) -> None:
 def main(argv: list[str] | None = None) -> None:
   """Run every (optimizer, seed) pair and write results.json and curves.png."""
   args = resolve(parse_args(argv))
+  problem = _cli.unwritable(args.out)
+  if problem:
+    _error(f"argument --out: {problem}")
+  if args.resume:
+    check_resume(args)
   print(_threads.describe())
   print(f"JAX {jax.__version__}, backend {jax.default_backend()}")
-  args.out.mkdir(parents=True, exist_ok=True)
   config = {
     k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()
   }
