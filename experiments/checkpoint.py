@@ -23,7 +23,6 @@ import orbax.checkpoint as ocp
 
 from experiments.train import History, Run, RunResult
 
-
 ITEMS = ("arrays", "result", "config")  # the folders of a checkpoint
 
 
@@ -119,8 +118,8 @@ class Checkpointer:
       ),
     )
 
-  def _restore(self, step: int, **items: Any) -> Any:
-    """Restore ``items`` of checkpoint ``step``; CheckpointError naming the item."""
+  def _restore(self, step: int, into_run: bool = False, **item: Any) -> Any:
+    """Restore one item of checkpoint ``step``; CheckpointError naming it."""
     folder = self.directory / str(step)
     missing = [name for name in ITEMS if not (folder / name).is_dir()]
     if missing == ["config"]:
@@ -134,11 +133,12 @@ class Checkpointer:
         f"{self.what_to_do}"
       )
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(**items))
+      return self.manager.restore(step, args=ocp.args.Composite(**item))
     except Exception as error:  # orbax and TensorStore raise many kinds
-      name = next(iter(items)) if len(items) == 1 else ", ".join(items)
+      (name,) = item
+      fit = " or does not fit this run" if into_run else ""
       raise CheckpointError(
-        f"checkpoint {folder / name} is unreadable ({_reason(error)}): "
+        f"checkpoint {folder / name} is unreadable{fit} ({_reason(error)}): "
         f"{self.what_to_do}"
       ) from error
 
@@ -172,17 +172,16 @@ class Checkpointer:
     step = self.manager.latest_step()
     if step is None:
       return run
-    restored = self._restore(
-      step,
-      arrays=ocp.args.StandardRestore(_arrays(run)),
-      result=ocp.args.JsonRestore(),
-    )
+    stored = self._restore(step, result=ocp.args.JsonRestore()).result
+    arrays = self._restore(
+      step, into_run=True, arrays=ocp.args.StandardRestore(_arrays(run))
+    ).arrays
     try:
-      leaves = [restored.arrays[str(i)] for i in range(len(restored.arrays))]
+      leaves = [arrays[str(i)] for i in range(len(arrays))]
       params, opt_state = jax.tree.unflatten(
         jax.tree.structure((run.params, run.opt_state)), leaves
       )
-      result = result_from_dict(restored.result)
+      result = result_from_dict(stored)
     except Exception as error:
       raise CheckpointError(
         f"checkpoint {self.directory / str(step)} does not fit this run "

@@ -19,30 +19,51 @@ from flax import nnx
 import jax
 import optax
 
-from experiments import _threads
+from experiments import _cli, _threads
 from experiments.models import MLP
 from experiments.tasks import modular_arithmetic
 from experiments.train import Run, RunResult, TrainConfig, start, train
 import optax_egd
 
 PROGRESS_EVERY = 1000  # epochs between progress lines of long runs
+BATCH = 512  # the paper's batch; the training half of the p² pairs must fill it
+MIN_P = 37  # the smallest prime whose 50% split has BATCH examples
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """Command-line options."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--p", type=int, default=97, help="prime modulus")
-  parser.add_argument(
-    "--seed", type=int, default=0, help="seed of the split, init and shuffles"
+  parser = argparse.ArgumentParser(
+    prog="python -m experiments.demo", description=__doc__.splitlines()[0]
   )
   parser.add_argument(
-    "--seeds", type=int, default=1, help="run seeds --seed .. --seed + N - 1"
+    "--p",
+    type=_cli.prime(MIN_P),
+    default=97,
+    help=f"prime modulus >= {MIN_P} (the 50%% training split fills a batch of {BATCH})",
   )
   parser.add_argument(
-    "--lr", type=float, default=0.7, help="SGD learning rate (0.7: the paper's)"
+    "--seed",
+    type=_cli.integer(0, _cli.SEED_MAX),
+    default=0,
+    help="seed of the split, init and shuffles",
   )
   parser.add_argument(
-    "--max-epochs", type=int, default=20000, help="give up after this many epochs"
+    "--seeds",
+    type=_cli.integer(1),
+    default=1,
+    help="run seeds --seed .. --seed + N - 1",
+  )
+  parser.add_argument(
+    "--lr",
+    type=_cli.number(0, low_open=True),
+    default=0.7,
+    help="SGD learning rate > 0 (0.7: the paper's)",
+  )
+  parser.add_argument(
+    "--max-epochs",
+    type=_cli.integer(1),
+    default=20000,
+    help="give up after this many epochs",
   )
   parser.add_argument(
     "--method",
@@ -55,7 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     action="store_true",
     help="also run plain SGD (slow: thousands of epochs)",
   )
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.seed + args.seeds - 1 > _cli.SEED_MAX:
+    parser.error(f"--seed + --seeds - 1 must be <= {_cli.SEED_MAX}")
+  return args
 
 
 def run(
@@ -69,7 +93,7 @@ def run(
   data = modular_arithmetic(data_key, "add", args.p, train_fraction=0.5)
   model = MLP(data.num_features, 512, args.p, rngs=nnx.Rngs(params=init_key))
   config = TrainConfig(
-    batch_size=512, l2=1e-4, max_epochs=args.max_epochs, target_accuracy=0.95
+    batch_size=BATCH, l2=1e-4, max_epochs=args.max_epochs, target_accuracy=0.95
   )
   compiled, state = start(model, optimizer, data, config)
   result = train(compiled, state, shuffle_key, config, _progress(name)).result
@@ -119,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
   seeds = range(args.seed, args.seed + args.seeds)
   print(
     f"Task (a + b) mod {args.p}, 50% train split, MLP {2 * args.p}-512-{args.p}, "
-    f"batch 512, seed{'s' if len(seeds) > 1 else ''} " + ", ".join(map(str, seeds))
+    f"batch {BATCH}, seed{'s' if len(seeds) > 1 else ''} " + ", ".join(map(str, seeds))
   )
   egd = optax_egd.egd() if args.method == "auto" else optax_egd.egd(args.method)
   label = "egd()" if args.method == "auto" else f"egd({args.method!r})"

@@ -42,7 +42,7 @@ from typing import Any
 
 import jax
 
-from experiments import _threads, grok, optimizers
+from experiments import _cli, _threads, grok, optimizers
 
 # Task id → the ``experiments.grok`` options that select it.
 TASKS: dict[str, tuple[str, ...]] = {
@@ -87,16 +87,22 @@ class Bound:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """Command-line options; ``--quick`` fills the unset ones with :data:`QUICK`."""
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.paper_table", description=__doc__.splitlines()[0]
+  )
   p.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (all)")
   p.add_argument(
     "--optimizers",
+    "--optimizer",
+    dest="optimizers",
     default=",".join(OPTIMIZERS),
     help=f"comma-separated names of experiments.optimizers (default {OPTIMIZERS})",
   )
-  p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 3)")
+  p.add_argument("--seeds", type=_cli.integer(1), help="seeds 0..N-1 (default 3)")
   p.add_argument(
-    "--max-epochs", type=int, help="cap per run (default 3000); not reached: '> cap'"
+    "--max-epochs",
+    type=_cli.integer(1),
+    help="cap per run (default 3000); not reached: '> cap'",
   )
   p.add_argument(
     "--quick",
@@ -112,13 +118,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   for name, value in defaults.items():
     if getattr(args, name) is None:
       setattr(args, name, value)
-  args.task_ids = [t.strip() for t in args.tasks.split(",") if t.strip()]
-  args.optimizer_names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-  unknown = [t for t in args.task_ids if t not in TASKS] + [
-    o for o in args.optimizer_names if o not in optimizers.NAMES
-  ]
-  if unknown:
-    p.error(f"unknown task(s) or optimizer(s): {unknown}")
+  args.task_ids = _cli.name_list(args.tasks)
+  args.optimizer_names = _cli.name_list(args.optimizers)
+  problem = _cli.check_names("argument --tasks", args.task_ids, tuple(TASKS)) or (
+    _cli.check_names("argument --optimizers", args.optimizer_names, optimizers.NAMES)
+  )
+  if problem:
+    p.error(problem)
+  problem = _cli.unwritable(args.out)
+  if problem:
+    p.error(f"argument --out: {problem}")
   return args
 
 
@@ -268,7 +277,6 @@ def main(argv: list[str] | None = None) -> None:
   """Run every (task, seed, optimizer) and write table.md and results.json."""
   args = parse_args(argv)
   print(_threads.describe())
-  args.out.mkdir(parents=True, exist_ok=True)
   command = "python -m experiments.paper_table " + shlex.join(
     sys.argv[1:] if argv is None else argv
   )

@@ -1,0 +1,387 @@
+"""The command lines of ``experiments``: every bad input is a one-line usage
+error (exit code 2, no traceback) naming the option and what it accepts; the
+output folder is checked before training; ``--resume`` refuses what it cannot
+continue; plots survive a diverged run."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from experiments import _cli, demo, grok, paper_table
+from experiments.checkpoint import Checkpointer, CheckpointError, config_differences
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A run of a few tenths of a second per epoch: 121 pairs, 60 to train on.
+TINY = ["--p", "11", "--hidden", "16", "--batch-size", "16", "--no-progress"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def usage_error(capsys, parse, argv) -> str:
+  """The error line of ``parse(argv)``, which must exit with code 2 after
+  argparse's usage lines and nothing else."""
+  with pytest.raises(SystemExit) as exit_info:
+    parse(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  lines = err.rstrip("\n").splitlines()
+  assert lines[0].startswith("usage: python -m experiments.")
+  assert all(line.startswith(" ") for line in lines[1:-1]), err
+  assert "Traceback" not in err
+  return lines[-1]
+
+
+def grok_resolve(argv):
+  return grok.resolve(grok.parse_args(argv))
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got '0'"),
+    (["--max-epochs", "0"], "argument --max-epochs: must be an integer >= 1"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+    (["--batch-size", "-3"], "argument --batch-size: must be an integer >= 1"),
+    (["--hidden", "0"], "argument --hidden: must be an integer >= 1"),
+    (["--p", "4"], "argument --p: must be a prime >= 2 for --task mod_add, got 4"),
+    (["--p", "1"], "argument --p: must be an integer >= 2"),
+    (["--train-fraction", "1.5"], "--train-fraction: must be a number in (0, 1)"),
+    (["--target-accuracy", "1.5"], "--target-accuracy: must be a number in [0, 1]"),
+    (["--egd-off-at", "2"], "argument --egd-off-at: must be a number in [0, 1]"),
+    (["--lr", "-0.5"], "argument --lr: must be a number > 0, got '-0.5'"),
+    (["--lr", "nan"], "argument --lr: must be a number > 0, got 'nan'"),
+    (["--lr", "inf"], "argument --lr: must be a number > 0"),
+    (["--lr", "fast"], "argument --lr: must be a number > 0, got 'fast'"),
+    (["--momentum", "1.5"], "argument --momentum: must be a number in [0, 1)"),
+    (["--b2", "1"], "argument --b2: must be a number in [0, 1)"),
+    (["--adam-lr", "0"], "argument --adam-lr: must be a number > 0"),
+    (["--rank", "0"], "argument --rank: must be an integer >= 1"),
+    (["--ns-steps", "2.5"], "argument --ns-steps: must be an integer >= 1, got '2.5'"),
+    (["--ma-window", "0"], "argument --ma-window: must be an integer >= 1"),
+    (["--ema-alpha", "1"], "argument --ema-alpha: must be a number in [0, 1)"),
+    (["--warmup-steps", "-1"], "argument --warmup-steps: must be an integer >= 0"),
+    (["--l2=-1e-4"], "argument --l2: must be a number >= 0"),
+    (["--init-scale", "0"], "argument --init-scale: must be a number > 0"),
+    (["--n-test", "0"], "argument --n-test: must be an integer >= 1"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every: must be an integer >= 0"),
+    (["--seed", "-1"], "argument --seed: must be an integer in [0, 2147483647]"),
+    (["--task", "sum"], "argument --task: invalid choice: 'sum'"),
+    (["--optimizer", "nope"], "argument --optimizer: unknown 'nope'; choose from sgd,"),
+    (["--optimizers", "egd,egd"], "argument --optimizer: 'egd' given more than once"),
+    (["--optimizer", ","], "argument --optimizer: give at least one of sgd,"),
+    # Checks that need the resolved task.
+    (["--task", "parity", "--k", "5"], "--task parity --k 5 has no preset: give --n"),
+    (["--task", "parity", "--n", "3"], "--k: must be in [1, --n = 3] for parity"),
+    (["--task", "parity", "--loss", "cross_entropy"], "--loss: parity (a ±1 target)"),
+    (["--task", "mnist", "--n-train", "5000"], "--n-train: must be in [1, 4999]"),
+    (["--p", "7", "--batch-size", "512"], "argument --batch-size: must be in [1, 24]"),
+    (["--p", "2", "--train-fraction", "0.1"], "--train-fraction: 0.1 leaves no"),
+    (["--model", "transformer"], "needs a modular task with --encoding tokens"),
+    (["--encoding", "tokens", "--model", "mlp"], "--model mlp needs feature inputs"),
+    (["--encoding", "tokens", "--heads", "3"], "--heads: must divide --d-model 128"),
+    (["--seed", "2147483647", "--seeds", "2"], "--seed + --seeds - 1 must be <= 2147"),
+  ],
+)  # fmt: skip
+def test_grok_rejects_bad_values(capsys, argv, message):
+  line = usage_error(capsys, grok_resolve, argv)
+  assert line.startswith("python -m experiments.grok: error: ")
+  assert message in line
+
+
+def test_grok_accepts_the_ends_of_the_ranges():
+  args = grok_resolve(
+    TINY
+    + ["--target-accuracy", "1", "--egd-off-at", "0", "--momentum", "0", "--l2", "0"]
+    + ["--train-fraction", "0.999", "--seed", "0", "--checkpoint-every", "0"]
+  )
+  assert (args.target_accuracy, args.egd_off_at, args.momentum) == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("task", ["mod_add", "mod_div", "parity"])
+def test_train_size_is_the_data_split(task):
+  import jax
+
+  argv = ["--task", task, "--p", "13", "--train-fraction", "0.37", "--n-train", "40"]
+  args = grok_resolve([*argv, "--n-test", "8", "--batch-size", "8"])
+  data = grok.make_data(args, jax.random.key(0))
+  assert grok.train_size(args) == data.x_train.shape[0]
+
+
+def test_optimizer_and_optimizers_are_one_option(tmp_path):
+  for spelling in ("--optimizer", "--optimizers"):
+    assert grok_resolve([spelling, "egd, sgd"]).optimizers == ["egd", "sgd"]
+    argv = [spelling, "sgd", "--out", str(tmp_path)]
+    names = paper_table.parse_args(argv).optimizer_names
+    assert names == ["sgd"]
+
+
+@pytest.mark.parametrize(
+  "module, prog",
+  [
+    (grok, "python -m experiments.grok"),
+    (paper_table, "python -m experiments.paper_table"),
+    (demo, "python -m experiments.demo"),
+  ],
+)
+def test_help_names_the_module(capsys, module, prog):
+  with pytest.raises(SystemExit) as exit_info:
+    module.parse_args(["--help"])
+  assert exit_info.value.code == 0
+  assert capsys.readouterr().out.startswith(f"usage: {prog} ")
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--max-epochs", "0"], "argument --max-epochs: must be an integer >= 1, got '0'"),
+    (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got '0'"),
+    (["--tasks", "add-98"], "argument --tasks: unknown 'add-98'; choose from add-79"),
+    (["--tasks", ""], "argument --tasks: give at least one of add-79"),
+    (["--optimizers", "sgd,nope"], "argument --optimizers: unknown 'nope'"),
+    (["--optimizer", "sgd,sgd"], "argument --optimizers: 'sgd' given more than once"),
+  ],
+)  # fmt: skip
+def test_paper_table_rejects_bad_values(capsys, tmp_path, argv, message):
+  line = usage_error(capsys, paper_table.parse_args, [*argv, "--out", str(tmp_path)])
+  assert line.startswith("python -m experiments.paper_table: error: ")
+  assert message in line
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got '0'"),
+    (["--p", "4"], "argument --p: must be a prime >= 37, got '4'"),
+    (["--p", "31"], "argument --p: must be a prime >= 37, got '31'"),
+    (["--lr", "-0.5"], "argument --lr: must be a number > 0, got '-0.5'"),
+    (["--max-epochs", "0"], "argument --max-epochs: must be an integer >= 1"),
+    (["--seed", "-2"], "argument --seed: must be an integer in [0, 2147483647]"),
+  ],
+)
+def test_demo_rejects_bad_values(capsys, argv, message):
+  line = usage_error(capsys, demo.parse_args, argv)
+  assert line.startswith("python -m experiments.demo: error: ") and message in line
+
+
+def _no_training(*args, **kwargs):
+  raise AssertionError("trained before checking the options")
+
+
+def test_unwritable_out_is_refused_before_training(capsys, tmp_path, monkeypatch):
+  # A path below a regular file cannot be created, even by root.
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  monkeypatch.setattr(grok, "run_one", _no_training)
+  monkeypatch.setattr(paper_table, "run_record", _no_training)
+  for main in (grok.main, paper_table.main):
+    argv = ["--checkpoint-every", "0"] if main is grok.main else ["--tasks", "add-79"]
+    line = usage_error(capsys, main, [*argv, "--out", str(blocker / "out")])
+    assert f"error: argument --out: cannot write to {blocker / 'out'}: " in line
+
+
+def test_plots_cope_with_non_finite_curves(tmp_path):
+  nan, inf = math.nan, math.inf
+  curves = {
+    "train_loss": [nan, nan, nan],
+    "test_loss": [None, None, None],  # as results.json stores them
+    "train_acc": [0.1, nan, 0.2],
+    "test_acc": [inf, 0.5, nan],
+    "grad_spectrum": [[nan, nan], [inf, 1.0], [0.0, 0.0]],
+  }
+  records = [{"optimizer": "sgd", "seed": 0, "epochs": 3, "curves": curves}]
+  grok.plot(records, ["sgd"], tmp_path / "curves.png", "diverged")
+  grok.plot_spectrum(records, ["sgd"], tmp_path / "spectrum.png", "diverged")
+  for name in ("curves.png", "spectrum.png"):
+    assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_a_run_diverged_from_the_first_epoch_still_draws_its_curves(tmp_path):
+  # lr 1e30 turns every weight infinite in the first step: NaN losses throughout.
+  grok.main(
+    TINY
+    + ["--optimizer", "sgd", "--lr", "1e30", "--max-epochs", "2", "--spectrum"]
+    + ["--checkpoint-every", "0", "--out", str(tmp_path)]
+  )
+  run = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+  assert run["curves"]["train_loss"] == run["curves"]["test_loss"] == [None, None]
+  for name in ("curves.png", "spectrum.png"):
+    assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+# Resume.
+
+
+def test_resume_without_a_checkpoint_is_refused(capsys, tmp_path, monkeypatch):
+  monkeypatch.setattr(grok, "run_one", _no_training)
+  line = usage_error(capsys, grok.main, [*TINY, "--out", str(tmp_path), "--resume"])
+  assert f"--resume: no checkpoint of these runs in {tmp_path / 'checkpoints'}" in line
+  assert "drop --resume to start afresh" in line
+  line = usage_error(
+    capsys,
+    grok.main,
+    [*TINY, "--out", str(tmp_path), "--resume", "--checkpoint-every", "0"],
+  )
+  assert "--resume needs checkpoints: give --checkpoint-every N with N >= 1" in line
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory) -> pathlib.Path:
+  """An --out folder with the checkpoint of a 2-epoch egd run (seed 0)."""
+  out = tmp_path_factory.mktemp("checkpointed")
+  grok.main(
+    TINY + ["--optimizer", "egd", "--max-epochs", "2", "--checkpoint-every", "2"]
+    + ["--out", str(out)]
+  )  # fmt: skip
+  return out
+
+
+def resume(out: pathlib.Path, *extra: str) -> list[str]:
+  return [*TINY, "--optimizer", "egd", "--checkpoint-every", "2", "--out", str(out)] + [
+    "--resume",
+    *extra,
+  ]
+
+
+@pytest.mark.parametrize(
+  "extra, named",
+  [
+    (["--hidden", "8", "--lr", "0.5"], ["--hidden 16 (now 8)", "--lr 0.7 (now 0.5)"]),
+    (["--p", "13"], ["--p 11 (now 13)"]),
+    (["--task", "mod_mul"], ["--task mod_add (now mod_mul)"]),
+    (["--momentum", "0.5"], ["--momentum 0.0 (now 0.5)"]),
+    (["--spectrum"], ["--spectrum False (now True)"]),
+  ],
+)
+def test_resume_refuses_other_options(capsys, monkeypatch, checkpointed, extra, named):
+  monkeypatch.setattr(grok, "run_one", _no_training)
+  line = usage_error(capsys, grok.main, resume(checkpointed, *extra))
+  folder = checkpointed / "checkpoints" / "egd-seed0"
+  assert f"--resume: {folder} was trained with other options: " in line
+  for change in named:
+    assert change in line
+  assert line.count("(now ") == len(named)
+
+
+@pytest.mark.slow
+def test_resume_continues_and_trains_runs_without_a_checkpoint(capsys, checkpointed):
+  out = checkpointed.parent / "continued"
+  shutil.copytree(checkpointed, out)
+  grok.main(resume(out, "--max-epochs", "3", "--seeds", "2"))
+  printed = capsys.readouterr().out
+  assert "--resume: no checkpoint of egd seed 1: it trains from epoch 0" in printed
+  runs = json.loads((out / "results.json").read_text())["runs"]
+  assert [(r["seed"], r["epochs"]) for r in runs] == [(0, 3), (1, 3)]
+
+
+def _truncate(path: pathlib.Path) -> None:
+  path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+CORRUPTIONS = {
+  "history JSON cut short": (
+    lambda step: _truncate(step / "result" / "metadata"),
+    "2/result is unreadable (JSONDecodeError",
+  ),
+  "array data cut short": (
+    lambda step: [_truncate(f) for f in (step / "arrays").rglob("d/*")],
+    "2/arrays is unreadable (",
+  ),
+  "array metadata cut short": (
+    lambda step: _truncate(step / "arrays" / "_METADATA"),
+    "2/arrays is unreadable (JSONDecodeError",
+  ),
+  "arrays deleted": (
+    lambda step: shutil.rmtree(step / "arrays"),
+    "2 is incomplete: no arrays folder",
+  ),
+  "configuration missing (an older checkpoint)": (
+    lambda step: shutil.rmtree(step / "config"),
+    "2 has no stored configuration (written by an older version)",
+  ),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_resume_from_a_broken_checkpoint_says_what_to_do(
+  capsys, monkeypatch, checkpointed, corruption
+):
+  damage, message = CORRUPTIONS[corruption]
+  out = checkpointed.parent / f"broken-{len(corruption)}"
+  shutil.copytree(checkpointed, out)
+  folder = out / "checkpoints" / "egd-seed0"
+  damage(folder / "2")
+  monkeypatch.setattr(grok, "run_one", _no_training)
+  line = usage_error(capsys, grok.main, resume(out, "--max-epochs", "4"))
+  assert f"--resume: checkpoint {folder}/{message}" in line
+  assert line.endswith(
+    f"delete {folder} to train this run from epoch 0, "
+    "or drop --resume to start every run afresh"
+  )
+
+
+def test_restore_into_another_model_is_a_checkpoint_error(checkpointed):
+  import jax
+
+  from experiments import optimizers, train
+
+  args = grok_resolve([*TINY, "--hidden", "8"])
+  data = grok.make_data(args, jax.random.key(0))
+  model = grok.make_model(args, data, jax.random.key(1))
+  tx = optimizers.build("egd", optimizers.OptimizerConfig(), model.first_kernel)
+  _, params = train.make_epoch_fn(model, tx, data, grok.train_config(args))
+  run = train.Run(params, tx.init(params), train.RunResult(train.History(), 0.0))
+  checkpointer = Checkpointer(checkpointed / "checkpoints" / "egd-seed0", 2)
+  with pytest.raises(
+    CheckpointError,
+    match=r"egd-seed0/2/arrays is unreadable or does not fit this run \(ValueError",
+  ):
+    checkpointer.restore(run)
+  checkpointer.close()
+
+
+def test_config_differences_names_changed_and_one_sided_fields():
+  assert config_differences({"a": 1, "b": (1, 2)}, {"a": 1, "b": [1, 2]}) == []
+  assert config_differences({"a": 1, "b": 2}, {"a": 1.5, "c": 2}) == ["a", "b", "c"]
+
+
+def test_argument_types():
+  assert _cli.integer(1)("7") == 7 and _cli.number(0, 1)("1") == 1.0
+  assert _cli.prime()("13") == 13 and _cli.name_list(" a, ,b ") == ["a", "b"]
+  for parse, text in [
+    (_cli.integer(0, 3), "4"),
+    (_cli.number(0, 1, low_open=True), "0"),
+    (_cli.number(), "-inf"),
+    (_cli.prime(), "15"),
+    (_cli.prime(), "x"),
+  ]:
+    with pytest.raises(Exception, match=f"must be .*, got '{text}'"):
+      parse(text)
+
+
+@pytest.mark.parametrize(
+  "module, argv, message",
+  [
+    ("grok", ["--seeds", "0"], "argument --seeds: must be an integer >= 1"),
+    ("paper_table", ["--max-epochs", "0"], "argument --max-epochs: must be"),
+    ("demo", ["--seeds", "0"], "argument --seeds: must be an integer >= 1"),
+  ],
+)
+def test_command_line_errors_without_traceback(module, argv, message):
+  done = subprocess.run(
+    [sys.executable, "-m", f"experiments.{module}", *argv],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode == 2 and done.stdout == ""
+  assert "Traceback" not in done.stderr
+  last = done.stderr.splitlines()[-1]
+  assert last.startswith(f"python -m experiments.{module}: error: {message}")
