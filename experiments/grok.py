@@ -12,8 +12,14 @@ configuration, and per run: epochs and seconds (compilation excluded) to the
 target test accuracy, final metrics, per-epoch curves, the epoch EGD was
 switched off) and ``curves.png``; ``--spectrum`` adds the first kernel's
 gradient singular values per epoch and ``spectrum.png``. Runs are
-checkpointed with Orbax every ``--checkpoint-every`` epochs; ``--resume``
-continues them exactly.
+checkpointed with Orbax every ``--checkpoint-every`` epochs, with the
+options that made them; ``--resume`` continues them exactly (to a larger
+``--max-epochs``, or past the target with ``--no-stop``). It refuses, with a
+usage error and before any training, an ``--out`` without checkpoints,
+changed options (naming them) and unreadable checkpoints (naming the file);
+runs of the command that have no checkpoint yet start from epoch 0. Every
+option is checked first: a bad value is a one-line usage error naming the
+option and its range (exit code 2).
 
 Hyperparameters left unset take the papers' values for the task: EGD's for
 modular arithmetic with the MLP and for sparse parity, Grokfast's for the
@@ -205,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument(
     "--resume",
     action="store_true",
-    help="continue the runs checkpointed in --out (with more --max-epochs or "
-    "--no-stop; every other option must be the checkpoint's). An error if --out "
-    "has no checkpoint; a run of the command without one starts from epoch 0",
+    help="continue the runs checkpointed in --out, e.g. to a larger --max-epochs "
+    "or with --no-stop; every other option must be the checkpoint's. Refused if "
+    "--out holds no checkpoint of these runs (drop --resume to start afresh); a "
+    "run that has none yet (another seed or optimizer) starts from epoch 0",
   )
   run.add_argument("--no-progress", action="store_true", help="no progress bar")
   return p
@@ -644,11 +651,11 @@ def _print_summary(summary: dict[str, dict[str, Any]], target: float) -> None:
 def main(argv: list[str] | None = None) -> None:
   """Run every (optimizer, seed) pair and write results.json and curves.png."""
   args = resolve(parse_args(argv))
-  problem = _cli.unwritable(args.out)
-  if problem:
-    _error(f"argument --out: {problem}")
   if args.resume:
     check_resume(args)
+  problem = _cli.unwritable(args.out)  # before any training
+  if problem:
+    _error(f"argument --out: {problem}")
   print(_threads.describe())
   print(f"JAX {jax.__version__}, backend {jax.default_backend()}")
   config = {

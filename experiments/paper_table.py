@@ -85,8 +85,8 @@ class Bound:
     return text if self.exact else f"> {text}"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  """Command-line options; ``--quick`` fills the unset ones with :data:`QUICK`."""
+def build_parser() -> argparse.ArgumentParser:
+  """The command line's parser."""
   p = argparse.ArgumentParser(
     prog="python -m experiments.paper_table", description=__doc__.splitlines()[0]
   )
@@ -111,6 +111,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/paper_table"))
   p.add_argument("--progress", action="store_true", help="per-run progress bars")
+  return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  """Command-line options; ``--quick`` fills the unset ones with :data:`QUICK`."""
+  p = build_parser()
   args = p.parse_args(argv)
   defaults = (
     QUICK if args.quick else dict(tasks=",".join(TASKS), seeds=3, max_epochs=3000)
@@ -125,9 +131,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   if problem:
     p.error(problem)
-  problem = _cli.unwritable(args.out)
-  if problem:
-    p.error(f"argument --out: {problem}")
   return args
 
 
@@ -276,6 +279,9 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
   """Run every (task, seed, optimizer) and write table.md and results.json."""
   args = parse_args(argv)
+  problem = _cli.unwritable(args.out)  # before any training
+  if problem:
+    build_parser().error(f"argument --out: {problem}")
   print(_threads.describe())
   command = "python -m experiments.paper_table " + shlex.join(
     sys.argv[1:] if argv is None else argv
