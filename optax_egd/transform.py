@@ -219,6 +219,8 @@ class _Matrixify(NamedTuple):
   def of(cls, shape: tuple[int, ...], dims: DimensionNumbers | None
          ) -> _Matrixify:
     ndim = len(shape)
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
     if dims is None:
       rows, cols = (ndim - 2,), (ndim - 1,)
     else:
@@ -272,10 +274,17 @@ def egd(
     rank: sketch rank for ``method="rsvd"`` (required there); static.
     oversample: extra sketch columns for ``"rsvd"`` (default 10); static.
     power_iters: subspace iterations for ``"rsvd"`` (default 2); static.
-    ns_steps: iterations of ``"newton_schulz"``/``"polar_express"``; static.
+    ns_steps: iterations of ``"newton_schulz"`` (default 5) and
+      ``"polar_express"`` (default 8); static.
     rtol: relative cutoff for small singular values, σ ↦ σ/max(σ, rtol·σ_max).
       ``None`` means ``max(m, n)·eps`` per matrix (the float noise floor: small
-      directions are what EGD is for, so keep the cutoff low). May be traced.
+      directions are what EGD is for, so keep the cutoff low). May be traced
+      (not with ``"qdwh"``). Not for ``"newton_schulz"``/``"polar_express"``
+      (no cutoff). For ``rank``, ``oversample``, ``power_iters``, ``ns_steps``
+      and ``rtol``, ``None`` means "not given"; giving one to a method that
+      does not use it raises (``"auto"`` picks ``"svd"`` or ``"qdwh"``, so it
+      takes ``rtol`` only). With ``optax.inject_hyperparams`` the error comes
+      at ``init``, where the inner transform is built.
     scale: ``"none"`` (the paper: unit singular values), ``"muon"``
       (× sqrt(max(1, fan_out/fan_in)), Muon's width scaling) or ``"rms"``
       (× 0.2·sqrt(max(fan_in, fan_out)), so the update RMS is about 0.2 like
@@ -287,7 +296,12 @@ def egd(
       default), or a callable from params to such a tree. Default: the last two
       axes form the matrix and leading axes are a batch (stacked or scanned
       layers). For a conv kernel (h, w, in, out) use
-      ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``.
+      ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``; a single
+      DimensionNumbers applies to every leaf with two or more dimensions, so
+      for a model that also has dense layers give a tree or a callable.
+      Negative axes count from the end (-1 is the last); axes must be distinct
+      and in range for the leaf. ``init`` checks them against the params and
+      raises naming the leaf, its shape and the axis.
     enabled: initial value of ``state.enabled``.
     distribute: layer-parallel decompositions: an
       :class:`optax_egd.Distribute` (a mesh and axis names) or a
@@ -302,7 +316,8 @@ def egd(
     An ``optax.GradientTransformationExtraArgs`` with state :class:`EGDState`.
 
   Raises:
-    ValueError / TypeError at construction for a bad argument, naming it.
+    ValueError / TypeError at construction for a bad argument, naming it, and
+    at ``init`` for ``dimension_numbers`` that do not fit the params.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_egd
