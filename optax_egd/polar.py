@@ -54,7 +54,8 @@ Methods (``METHODS``):
   512×512). ``rtol`` must be a Python float here (it sets the iteration
   schedule).
 * ``"auto"``: chosen per shape and backend by :func:`auto_method` from
-  measurements (see that function).
+  measurements (see that function); ``"svd"`` where that picks ``"qdwh"`` but
+  ``rtol`` is an array (traced, e.g. by ``optax.inject_hyperparams``).
 
 Guarantees (measured on float32 matrices from 1×1 to 64×64 and 2×2000 with
 condition numbers up to 1e12, and checked by ``tests/test_polar.py``; "exact"
@@ -472,8 +473,12 @@ def polar(
     raise ValueError("method='rsvd' needs key, a jax.random key")
   out_dtype = x.dtype
   dtype = compute_dtype(out_dtype)
+  static_rtol = rtol is None or (isinstance(rtol, (int, float))
+                                 and not isinstance(rtol, bool))
   if method == "auto":
     method = auto_method(x.shape)
+    if method == "qdwh" and not static_rtol:
+      method = "svd"  # qdwh's schedule needs a Python float rtol.
   if rtol is None:
     rtol = default_rtol(x.shape, dtype)
   if method == "qdwh":

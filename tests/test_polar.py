@@ -9,6 +9,7 @@ purpose: every new (method, shape) pair costs a compile.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 from typing import Any
 
@@ -480,6 +481,19 @@ def test_auto_method():
   assert chosen in METHODS and chosen != "auto"
   x = _zoo(8, 24)["gauss"]
   np.testing.assert_array_equal(_polar(x, "auto"), _polar(x, chosen))
+
+
+def test_auto_with_traced_rtol_never_picks_qdwh(monkeypatch):
+  """qdwh needs a Python float rtol; where auto would pick it (TPU), a traced
+  rtol (inject_hyperparams) gets the SVD instead of a TypeError."""
+  module = importlib.import_module("optax_egd.polar")  # Not the function.
+  monkeypatch.setattr(module, "auto_method", lambda shape, backend=None: "qdwh")
+  x = _zoo(16, 16)["cond1e6"]
+  y = jax.jit(lambda x, r: polar(x, "auto", rtol=r))(x, 0.5)
+  assert _relerr(y, _ref(x, 0.5)) <= 1e-4
+  # A Python float keeps qdwh (its noise filter is not bitwise the SVD).
+  np.testing.assert_array_equal(polar(x, "auto", rtol=1e-3),
+                                polar(x, "qdwh", rtol=1e-3))
 
 
 # -------------------------------------------------------------- validation ---
