@@ -449,6 +449,62 @@ def test_qdwh_noise_directions_at_svd_level(shape):
     assert noise["qdwh"] <= 1 / max(m, n), noise
 
 
+# ------------------------------------------------------ iteration schedules ---
+
+# Muon's quintic and the first Polar Express step (Amsel et al. 2025, with
+# their 1.01 safety factor), written out here, not imported.
+_MUON = (3.4445, -4.7750, 2.0315)
+_PE_FIRST = (8.28721201814563 / 1.01, -23.595886519098837 / 1.01**3,
+             17.300387312530933 / 1.01**5)
+
+
+def _np_iteration(x: np.ndarray, coeffs) -> np.ndarray:
+  """float64 odd-quintic iteration on x/(1.01·‖x‖_F), wide orientation."""
+  x = np.asarray(x, np.float64)
+  x = x / (1.01 * np.linalg.norm(x))
+  for a, b, c in coeffs:
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "polar_express"])
+def test_ns_steps_sets_the_number_of_iterations(method):
+  """Each step count is that many steps of the method's own quintics."""
+  from optax_egd.polar import POLAR_EXPRESS_COEFFS
+  assert POLAR_EXPRESS_COEFFS[0] == pytest.approx(_PE_FIRST, rel=1e-12)
+  x = _zoo(8, 24)["cond1e6"]
+  schedule = {"newton_schulz": [_MUON] * 6,
+              "polar_express": list(POLAR_EXPRESS_COEFFS)}[method]
+  outs = {}
+  for steps in (1, 2, 3, 6):
+    outs[steps] = _polar(x, method, ns_steps=steps)
+    want = _np_iteration(x, schedule[:steps])
+    assert _relerr(outs[steps], want) <= 1e-4, steps
+  default = {"newton_schulz": 5, "polar_express": 8}[method]
+  np.testing.assert_array_equal(_polar(x, method),
+                                _polar(x, method, ns_steps=default))
+  # Polar Express beyond its 8 tabulated steps repeats the last one.
+  if method == "polar_express":
+    want = _np_iteration(x, list(POLAR_EXPRESS_COEFFS) + [POLAR_EXPRESS_COEFFS[-1]])
+    assert _relerr(_polar(x, method, ns_steps=9), want) <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["svd", "eigh", "rsvd", "qdwh", "auto"])
+def test_rtol_is_used_by_every_method_with_a_cutoff(method):
+  """Half the spectrum at 3e-3·σ_max: rtol = 0.1 damps it (SVD: to 0.03),
+  the default (≈ 2e-6) lifts it to one."""
+  rng = np.random.default_rng(5)
+  x = _with_sv(rng, 16, 16, np.r_[np.ones(8), np.full(8, 3e-3)])
+  x = x.astype(np.float32)
+  low = _sv(_polar(x, method, rtol=0.1))
+  # qdwh with a large rtol converges only to about 2e-2·rtol (see polar.py).
+  top_tol = 5e-3 if method == "qdwh" else 1e-4
+  assert np.all(low[8:] <= 0.05) and np.all(np.abs(low[:8] - 1) <= top_tol), low
+  high = _sv(_polar(x, method))
+  assert np.all(high >= 0.9), high
+
+
 # ---------------------------------------------------------- rtol and auto ---
 
 
