@@ -44,11 +44,21 @@ Methods (``METHODS``):
   σ_min/σ_max set to ``rtol``: singular values above ``rtol·α`` converge to
   one (α ≥ σ_max is QDWH's norm estimate, at most ``sqrt(min(m, n))·σ_max``)
   and the ones below stay below one: the iteration stops after the steps its
-  schedule needs for ℓ, so they are damped like the SVD's cutoff map, but
-  about ten times less (σ ≈ 0.02·rtol·α lands near 0.25). ``rtol`` must be a
-  Python float here (it sets the iteration schedule).
+  schedule needs for ℓ. Stopped there it leaves σ ≪ rtol·α at about
+  14·σ/(rtol·α), ten times the SVD's level, so a final filter
+  s ↦ 3.5s⁵ − 2.5s⁷ of its singular values (two small Gram products; flat
+  at s = 1, so converged directions stay at one) damps them: σ ≤ 0.01·rtol·α
+  comes out ≤ 3e-4 and σ = 0.02·rtol·α ≤ 7e-3 (the SVD: ≥ 0.01 and ≥ 0.02);
+  the step from 0 to 1 is steeper than the SVD's and a little lower (one
+  half at 0.05-0.17·rtol·α, one from 0.2-0.6·rtol·α, measured on 16×16 to
+  512×512). ``rtol`` must be a Python float here (it sets the iteration
+  schedule). A large ``rtol`` also loosens QDWH's own convergence test
+  (``cbrt(5·rtol)``): above the cutoff singular values land within 2e-3 of
+  one at ``rtol`` = 0.1 and within 7e-2 at 0.2-0.5 (measured on 16×16); use
+  ``"svd"`` for such cutoffs.
 * ``"auto"``: chosen per shape and backend by :func:`auto_method` from
-  measurements (see that function).
+  measurements (see that function); ``"svd"`` where that picks ``"qdwh"`` but
+  ``rtol`` is an array (traced, e.g. by ``optax.inject_hyperparams``).
 
 Guarantees (measured on float32 matrices from 1×1 to 64×64 and 2×2000 with
 condition numbers up to 1e12, and checked by ``tests/test_polar.py``; "exact"
@@ -74,9 +84,10 @@ and ``"qdwh"``):
 * Numerically-null directions are damped, never lifted to one: on a rank-k
   float32 input the rounding-noise directions come out with singular values
   of about ``1/max(m, n)`` or less with ``"svd"``/``"rsvd"`` (≤ 0.08
-  measured), ≤ 0.5 with ``"qdwh"`` (≈10× the SVD's; 0.47 measured on 8×8),
-  and ≤ 1e-3 with ``"eigh"``, ``"polar_express"`` and ``"newton_schulz"``;
-  ``"rsvd"`` with ``rank`` = k drops them entirely.
+  measured) and with ``"qdwh"`` (≤ 5e-3 measured on rank-1 16×16 to 64×64,
+  where the SVD gives 0.008-0.036), and ≤ 1e-3 with ``"eigh"``,
+  ``"polar_express"`` and ``"newton_schulz"``; ``"rsvd"`` with ``rank`` = k
+  drops them entirely.
 * float16 and bfloat16 are decomposed in float32 and rounded once; float64
   (with x64 enabled) stays float64, where ``"svd"`` matches NumPy's float64
   SVD polar factor to 1e-10 even at condition 1e12.
@@ -128,6 +139,9 @@ DEFAULT_NS_STEPS = {"newton_schulz": 5, "polar_express": 8}
 DEFAULT_OVERSAMPLE = 10
 QR_ASPECT = 2  # "svd" QR-factorizes first when max(m, n) >= QR_ASPECT·min(m, n).
 DEFAULT_POWER_ITERS = 2
+_RSVD = ("rsvd",)  # The methods that use rank, oversample and power_iters.
+_NS = ("newton_schulz", "polar_express")  # The methods that use ns_steps.
+AUTO_CHOICES = ("svd", "qdwh")  # What "auto" can resolve to (auto_method).
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -198,8 +212,16 @@ def validate(
     oversample: int | None = None,
     power_iters: int | None = None,
     ns_steps: int | None = None,
+    rtol: float | jax.Array | None = None,
 ) -> None:
   """Checks the static (shape- and algorithm-changing) polar arguments.
+
+  ``rank``, ``oversample`` and ``power_iters`` are for ``"rsvd"`` only,
+  ``ns_steps`` for ``"newton_schulz"`` and ``"polar_express"`` only, and
+  ``rtol`` for every method but those two (they have no cutoff): giving one
+  to a method that does not use it (``None`` means not given) raises rather
+  than being ignored. ``"auto"`` resolves to ``"svd"`` or ``"qdwh"``, so it
+  takes ``rtol`` only.
 
   Raises:
     ValueError / TypeError naming the offending argument.
@@ -225,6 +247,22 @@ def validate(
       raise ValueError(f"{name} must be an int >= {low} or None, got {value}")
   if method == "rsvd" and rank is None:
     raise ValueError("method='rsvd' needs rank, an int >= 1")
+  # An argument the method does not use is a mistake, never silently ignored
+  # (None means "not given"; a given default value counts as given).
+  for name, value, users in (("rank", rank, _RSVD), ("oversample", oversample,
+                             _RSVD), ("power_iters", power_iters, _RSVD),
+                             ("ns_steps", ns_steps, _NS)):
+    if value is not None and method not in users:
+      used_by = "method " + " or ".join(map(repr, users))
+      picks = (f" (which picks {' or '.join(map(repr, AUTO_CHOICES))})"
+               if method == "auto" else "")
+      raise ValueError(
+          f"{name}={value} is used only by {used_by}; method={method!r}{picks}"
+          f" does not use it: leave {name} unset (None)")
+  if rtol is not None and method in _NS:
+    raise ValueError(
+        f"rtol is not used by method={method!r} (its iteration has no cutoff;"
+        " it is used by every other method): leave rtol unset (None)")
 
 
 def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -346,7 +384,19 @@ def _polar_qdwh(x: jax.Array, rtol: float) -> jax.Array:
   # rank-deficient inputs up to one as well, hence max_iterations.
   steps = _qdwh_steps(rtol)
   u, _, _, _ = jax.lax.linalg.qdwh(_t(x), eps=rtol, max_iterations=steps)
-  return _t(u)
+  # Stopped there, QDWH maps σ ≪ rtol·α to about 14·σ/(rtol·α): float noise
+  # comes out ~10x above the SVD's σ/(rtol·σ_max) (0.05-0.27 on rank-1
+  # inputs). One filter s ↦ 3.5s⁵ − 2.5s⁷ of the singular values s of u
+  # (monotone on [0, 1], flat at s = 1 so converged directions stay at one
+  # to rounding) damps them to the SVD's level or below.
+  return _t(_qdwh_filter(u))
+
+
+def _qdwh_filter(u: jax.Array) -> jax.Array:
+  """u·(3.5·G² − 2.5·G³) with G = uᵀu: s ↦ 3.5s⁵ − 2.5s⁷ on singular values."""
+  gram = _mm(_t(u), u)
+  gram2 = _mm(gram, gram)
+  return _mm(u, 3.5 * gram2 - 2.5 * _mm(gram2, gram))
 
 
 def _per_matrix(f: Callable[..., jax.Array], x: jax.Array,
@@ -391,13 +441,18 @@ def polar(
     x: array with ``ndim >= 2`` and a floating dtype.
     method: one of ``METHODS``; ``"auto"`` picks via :func:`auto_method`.
     rtol: relative cutoff for small singular values (σ ↦ σ/max(σ, rtol·σ_max));
-      default ``max(m, n)·eps`` of the compute dtype. May be a traced array.
+      default ``max(m, n)·eps`` of the compute dtype. May be a traced array
+      (except for ``"qdwh"``). Not for ``"newton_schulz"``/``"polar_express"``,
+      which have no cutoff.
     rank: target rank, required for ``"rsvd"``.
     oversample: extra sketch columns for ``"rsvd"`` (default 10).
     power_iters: subspace iterations for ``"rsvd"`` (default 2).
     ns_steps: iterations for ``"newton_schulz"`` (default 5) and
       ``"polar_express"`` (default 8).
     key: a ``jax.random`` key, required for ``"rsvd"``.
+
+  ``None`` means "not given" (the method's default); an argument given to a
+  method that does not use it raises (see :func:`validate`).
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -411,7 +466,7 @@ def polar(
     True
   """
   validate(method, rank=rank, oversample=oversample, power_iters=power_iters,
-           ns_steps=ns_steps)
+           ns_steps=ns_steps, rtol=rtol)
   x = jnp.asarray(x)
   if x.ndim < 2:
     raise ValueError(f"polar needs x.ndim >= 2, got shape {x.shape}")
@@ -421,8 +476,12 @@ def polar(
     raise ValueError("method='rsvd' needs key, a jax.random key")
   out_dtype = x.dtype
   dtype = compute_dtype(out_dtype)
+  static_rtol = rtol is None or (isinstance(rtol, (int, float))
+                                 and not isinstance(rtol, bool))
   if method == "auto":
     method = auto_method(x.shape)
+    if method == "qdwh" and not static_rtol:
+      method = "svd"  # qdwh's schedule needs a Python float rtol.
   if rtol is None:
     rtol = default_rtol(x.shape, dtype)
   if method == "qdwh":

@@ -121,6 +121,93 @@ def _is_dims(x: Any) -> bool:
   return x is None or isinstance(x, DimensionNumbers)
 
 
+def _axes_of(dims: DimensionNumbers) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+  as_tuple = lambda a: tuple(a) if isinstance(a, (tuple, list)) else (a,)
+  return as_tuple(dims.reduction_axis), as_tuple(dims.output_axis)
+
+
+def _check_dims_types(dims: DimensionNumbers) -> None:
+  """Leaf-independent checks of one DimensionNumbers (at construction)."""
+  for field, axes in zip(dims._fields, _axes_of(dims), strict=True):
+    if not axes:
+      raise ValueError(
+          f"dimension_numbers {field} must name at least one axis, got {dims}")
+    for a in axes:
+      if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+        raise TypeError(
+            f"dimension_numbers axes must be ints, got {a!r} in {dims}")
+
+
+def _normalized_axes(shape: tuple[int, ...], dims: DimensionNumbers,
+                     where: str = "") -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """(rows, cols) of ``dims`` for a leaf of ``shape``, negative axes resolved.
+
+  Axes count from the end when negative, like NumPy's: valid axes of an
+  ``ndim``-dimensional leaf are ``-ndim … ndim - 1``; others raise (they are
+  never wrapped around).
+  """
+  ndim = len(shape)
+  leaf = f"leaf {where} of shape {shape}" if where else f"a leaf of shape {shape}"
+  _check_dims_types(dims)
+  rows, cols = _axes_of(dims)
+  for a in rows + cols:
+    if not -ndim <= a < ndim:
+      raise ValueError(
+          f"dimension_numbers {dims} does not fit {leaf}: axis {a} is out of"
+          f" range for {ndim} dimensions (valid: {-ndim} to {ndim - 1})")
+  rows = tuple(int(a) % ndim for a in rows)
+  cols = tuple(int(a) % ndim for a in cols)
+  if len(set(rows + cols)) != len(rows + cols):
+    raise ValueError(
+        f"dimension_numbers axes must be distinct and reduction_axis and"
+        f" output_axis disjoint, got {dims} for {leaf}")
+  return rows, cols
+
+
+def _check_dims_fit(spec: DimensionNumbersSpec, tree: Any) -> None:
+  """Checks ``spec`` against the leaves of ``tree`` (the params, at init).
+
+  Raises naming the leaf's path, its shape and the axis. A single
+  DimensionNumbers applies to every leaf with two or more dimensions; when it
+  does not fit one of them the message says to pass a tree or a callable.
+  """
+  if spec is None:
+    return
+  is_leaf = lambda x: isinstance(x, optax.MaskedNode)
+  paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=is_leaf)
+  resolved = _resolve_dims(spec, tree)
+  try:
+    dims = treedef.flatten_up_to(resolved)  # type: ignore[attr-defined]
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        "dimension_numbers must have the structure of the params (a"
+        " DimensionNumbers or None per leaf); got a tree that does not match:"
+        f" {e}") from None
+  single = isinstance(spec, DimensionNumbers)
+  for (path, leaf), dim in zip(paths_leaves, dims, strict=True):
+    if isinstance(leaf, optax.MaskedNode):
+      continue
+    if not _is_dims(dim):
+      raise TypeError(
+          "dimension_numbers must give a DimensionNumbers or None per leaf;"
+          f" got {dim!r} for leaf {jax.tree_util.keystr(path)}")
+    shape = getattr(leaf, "shape", None)
+    if dim is None or shape is None or (single and len(shape) < 2):
+      continue
+    try:
+      _normalized_axes(tuple(shape), dim, jax.tree_util.keystr(path))
+    except ValueError as e:
+      if not single:
+        raise
+      raise ValueError(
+          f"{e}. A single DimensionNumbers applies to every leaf with two or"
+          " more dimensions; if the leaves need different axes (e.g. conv"
+          " kernels and dense layers), pass a tree of DimensionNumbers (None"
+          " for the default) or a callable from params to such a tree"
+          ) from None
+
+
 class _Matrixify(NamedTuple):
   """How one leaf becomes a (batch, m, n) stack of matrices and back."""
 
@@ -132,16 +219,12 @@ class _Matrixify(NamedTuple):
   def of(cls, shape: tuple[int, ...], dims: DimensionNumbers | None
          ) -> _Matrixify:
     ndim = len(shape)
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
     if dims is None:
       rows, cols = (ndim - 2,), (ndim - 1,)
     else:
-      as_tuple = lambda a: (a,) if isinstance(a, int) else tuple(a)
-      rows = tuple(a % ndim for a in as_tuple(dims.reduction_axis))
-      cols = tuple(a % ndim for a in as_tuple(dims.output_axis))
-      if set(rows) & set(cols):
-        raise ValueError(
-            f"dimension_numbers axes must be disjoint, got {dims} for a leaf"
-            f" of shape {shape}")
+      rows, cols = _normalized_axes(shape, dims)
     batch = tuple(a for a in range(ndim) if a not in rows + cols)
     perm = batch + rows + cols
     size = lambda axes: math.prod(shape[a] for a in axes)
@@ -191,10 +274,17 @@ def egd(
     rank: sketch rank for ``method="rsvd"`` (required there); static.
     oversample: extra sketch columns for ``"rsvd"`` (default 10); static.
     power_iters: subspace iterations for ``"rsvd"`` (default 2); static.
-    ns_steps: iterations of ``"newton_schulz"``/``"polar_express"``; static.
+    ns_steps: iterations of ``"newton_schulz"`` (default 5) and
+      ``"polar_express"`` (default 8); static.
     rtol: relative cutoff for small singular values, σ ↦ σ/max(σ, rtol·σ_max).
       ``None`` means ``max(m, n)·eps`` per matrix (the float noise floor: small
-      directions are what EGD is for, so keep the cutoff low). May be traced.
+      directions are what EGD is for, so keep the cutoff low). May be traced
+      (not with ``"qdwh"``). Not for ``"newton_schulz"``/``"polar_express"``
+      (no cutoff). For ``rank``, ``oversample``, ``power_iters``, ``ns_steps``
+      and ``rtol``, ``None`` means "not given"; giving one to a method that
+      does not use it raises (``"auto"`` picks ``"svd"`` or ``"qdwh"``, so it
+      takes ``rtol`` only). With ``optax.inject_hyperparams`` the error comes
+      at ``init``, where the inner transform is built.
     scale: ``"none"`` (the paper: unit singular values), ``"muon"``
       (× sqrt(max(1, fan_out/fan_in)), Muon's width scaling) or ``"rms"``
       (× 0.2·sqrt(max(fan_in, fan_out)), so the update RMS is about 0.2 like
@@ -206,7 +296,12 @@ def egd(
       default), or a callable from params to such a tree. Default: the last two
       axes form the matrix and leading axes are a batch (stacked or scanned
       layers). For a conv kernel (h, w, in, out) use
-      ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``.
+      ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``; a single
+      DimensionNumbers applies to every leaf with two or more dimensions, so
+      for a model that also has dense layers give a tree or a callable.
+      Negative axes count from the end (-1 is the last); axes must be distinct
+      and in range for the leaf. ``init`` checks them against the params and
+      raises naming the leaf, its shape and the axis.
     enabled: initial value of ``state.enabled``.
     distribute: layer-parallel decompositions: an
       :class:`optax_egd.Distribute` (a mesh and axis names) or a
@@ -221,7 +316,8 @@ def egd(
     An ``optax.GradientTransformationExtraArgs`` with state :class:`EGDState`.
 
   Raises:
-    ValueError / TypeError at construction for a bad argument, naming it.
+    ValueError / TypeError at construction for a bad argument, naming it, and
+    at ``init`` for ``dimension_numbers`` that do not fit the params.
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_egd
@@ -229,9 +325,9 @@ def egd(
     ...                  optax.adamw(1e-3))
     >>> state = tx.init({"w": jnp.ones((4, 3))})
   """
-  validate(method, rank=rank, oversample=oversample,
-                     power_iters=power_iters, ns_steps=ns_steps)
   _check_rtol(rtol)
+  validate(method, rank=rank, oversample=oversample, power_iters=power_iters,
+           ns_steps=ns_steps, rtol=rtol)
   if method == "qdwh" and rtol is not None and not isinstance(rtol, float):
     raise TypeError(f"method='qdwh' needs rtol as a Python float, got {rtol!r}")
   if not isinstance(scale, str) or scale not in SCALES:
@@ -244,6 +340,10 @@ def egd(
     raise TypeError(
         "dimension_numbers must be a DimensionNumbers, a tree of them, a"
         f" callable, or None; got {dimension_numbers!r}")
+  if not callable(dimension_numbers):
+    for d in jax.tree.leaves(dimension_numbers, is_leaf=_is_dims):
+      if d is not None:
+        _check_dims_types(d)
 
   def check_leaves(tree: Any) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
@@ -259,6 +359,7 @@ def egd(
 
   def init_fn(params: optax.Params) -> EGDState:
     check_leaves(params)
+    _check_dims_fit(dimension_numbers, params)
     return EGDState(
         count=jnp.zeros([], jnp.int32),
         key=key_data,

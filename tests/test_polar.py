@@ -9,6 +9,7 @@ purpose: every new (method, shape) pair costs a compile.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from optax_egd.polar import (
+  AUTO_CHOICES,
   METHODS,
   auto_method,
   compute_dtype,
@@ -47,7 +49,7 @@ SPEC: dict[str, dict[str, Any]] = {
   "rsvd": dict(resolved=(1e-3, "max"), band=(1 - 1e-5, 1 + 1e-5), dev=1e-4,
                max_sv=1 + 1e-5, noise=0.1),
   "qdwh": dict(resolved=(1e-3, "max"), band=(1 - 1e-5, 1 + 1e-5), dev=1e-4,
-               max_sv=1 + 1e-5, noise=0.5),
+               max_sv=1 + 1e-5, noise=0.1),
   "eigh": dict(resolved=(1e-2, "max"), band=(1 - 1e-3, 1 + 1e-3), dev=1e-3,
                max_sv=1.1, noise=1e-3),
   "polar_express": dict(resolved=(1e-3, "fro"), band=(1 - 1e-5, 1 + 1e-5),
@@ -292,7 +294,8 @@ def test_cpu_decomposes_stacks_one_matrix_at_a_time(method):
   jaxlib's thread pool (see polar._per_matrix), unbatched ones do not."""
   stacks = (jnp.ones((3, 8, 24)) + jnp.eye(8, 24),
             jnp.ones((2, 16, 6)) + jnp.eye(16, 6))
-  fn = lambda a, b: [polar(x, method, rank=4, key=jax.random.key(0)) for x in (a, b)]
+  kw = dict(rank=4, key=jax.random.key(0)) if method == "rsvd" else {}
+  fn = lambda a, b: [polar(x, method, **kw) for x in (a, b)]
   calls = _lapack_calls(fn, *stacks)
   assert calls, "expected LAPACK calls"
   for line in calls:
@@ -307,12 +310,12 @@ def test_cpu_decomposes_stacks_one_matrix_at_a_time(method):
 @pytest.mark.parametrize("shape", [(1, 7), (7, 1), (3, 5, 1)])
 def test_vectors_are_normalized_without_a_decomposition(method, shape):
   x = jax.random.normal(jax.random.key(1), shape)
-  got = polar(x, method, rank=1, key=jax.random.key(0))
+  kw = dict(rank=1, key=jax.random.key(0)) if method == "rsvd" else {}
+  got = polar(x, method, **kw)
   np.testing.assert_allclose(
       got, x / jnp.linalg.norm(x, axis=(-2, -1), keepdims=True), rtol=1e-6)
   if jax.default_backend() == "cpu":
-    assert not _lapack_calls(lambda a: polar(a, method, rank=1,
-                                             key=jax.random.key(0)), x)
+    assert not _lapack_calls(lambda a: polar(a, method, **kw), x)
 
 
 def test_empty_matrix_passes_through():
@@ -391,6 +394,117 @@ def test_rsvd_key():
   assert _relerr(a[0], c[0]) <= 1e-5
 
 
+def _slow_decay(m: int = 64, n: int = 48) -> np.ndarray:
+  """A float32 matrix with σ_i = i^-0.5: no gap for a sketch to lean on."""
+  rng = np.random.default_rng(7)
+  return _with_sv(rng, m, n, np.arange(1, n + 1) ** -0.5).astype(np.float32)
+
+
+def _rsvd_topk_error(x: np.ndarray, k: int, **kw) -> float:
+  """Mean error of rank-k rsvd, over 3 sketches, vs the float64 U_k V_kᵀ."""
+  u, _, vh = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+  ref = u[:, :k] @ vh[:k]
+  # One call on three copies: each matrix of a stack gets its own sketch.
+  ys = _polar(np.stack([x] * 3), "rsvd", rank=k, key=jax.random.key(0), **kw)
+  return float(np.mean([_relerr(y, ref) for y in ys]))
+
+
+def test_rsvd_power_iters_and_oversample_buy_accuracy():
+  """On a slowly decaying spectrum each rsvd argument visibly pays off.
+
+  Measured (64×48, σ_i = i^-0.5, rank 8, mean of 3 sketches): error vs the
+  float64 top-8 polar factor ≈ 0.67 / 0.23 / 0.08 with 0 / 1 / 2 power
+  iterations (oversample 10), and ≈ 0.54 / 0.24 / 0.08 with oversample
+  0 / 4 / 10 (2 power iterations).
+  """
+  x, k = _slow_decay(), 8
+  err = {(p, o): _rsvd_topk_error(x, k, power_iters=p, oversample=o)
+         for p, o in ((0, 10), (1, 10), (2, 10), (2, 0), (2, 4))}
+  assert err[0, 10] > 1.5 * err[1, 10] > 2.25 * err[2, 10], err
+  assert err[2, 0] > 1.5 * err[2, 4] > 2.25 * err[2, 10], err
+  assert err[2, 10] <= 0.15, err
+  # The defaults are 2 power iterations and oversample 10.
+  defaults = _polar(x, "rsvd", rank=k, key=jax.random.key(3))
+  np.testing.assert_array_equal(
+      defaults, _polar(x, "rsvd", rank=k, key=jax.random.key(3),
+                       power_iters=2, oversample=10))
+
+
+@pytest.mark.parametrize("shape", [(48, 32), (32, 48)])
+def test_qdwh_noise_directions_at_svd_level(shape):
+  """Rounding noise of a rank-1 input: ≤ 1/max(m, n) like the SVD (QDWH
+  stopped after its schedule left it at 0.05-0.08 here before the filter)."""
+  rng = np.random.default_rng(11)
+  m, n = shape
+  for _ in range(3):
+    x = np.outer(rng.standard_normal(m), rng.standard_normal(n))
+    x = x.astype(np.float32)
+    noise = {}
+    for method in ("svd", "qdwh"):
+      y = _polar(x, method)
+      c, e = _signal_split(x, y, 1, method)
+      assert abs(c.item() - 1) <= 1e-5, (method, c)
+      noise[method] = np.linalg.norm(e, 2)
+    assert noise["svd"] <= 1 / max(m, n), noise
+    assert noise["qdwh"] <= 1 / max(m, n), noise
+
+
+# ------------------------------------------------------ iteration schedules ---
+
+# Muon's quintic and the first Polar Express step (Amsel et al. 2025, with
+# their 1.01 safety factor), written out here, not imported.
+_MUON = (3.4445, -4.7750, 2.0315)
+_PE_FIRST = (8.28721201814563 / 1.01, -23.595886519098837 / 1.01**3,
+             17.300387312530933 / 1.01**5)
+
+
+def _np_iteration(x: np.ndarray, coeffs) -> np.ndarray:
+  """float64 odd-quintic iteration on x/(1.01·‖x‖_F), wide orientation."""
+  x = np.asarray(x, np.float64)
+  x = x / (1.01 * np.linalg.norm(x))
+  for a, b, c in coeffs:
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "polar_express"])
+def test_ns_steps_sets_the_number_of_iterations(method):
+  """Each step count is that many steps of the method's own quintics."""
+  from optax_egd.polar import POLAR_EXPRESS_COEFFS
+  assert POLAR_EXPRESS_COEFFS[0] == pytest.approx(_PE_FIRST, rel=1e-12)
+  x = _zoo(8, 24)["cond1e6"]
+  schedule = {"newton_schulz": [_MUON] * 6,
+              "polar_express": list(POLAR_EXPRESS_COEFFS)}[method]
+  outs = {}
+  for steps in (1, 2, 3, 6):
+    outs[steps] = _polar(x, method, ns_steps=steps)
+    want = _np_iteration(x, schedule[:steps])
+    assert _relerr(outs[steps], want) <= 1e-4, steps
+  default = {"newton_schulz": 5, "polar_express": 8}[method]
+  np.testing.assert_array_equal(_polar(x, method),
+                                _polar(x, method, ns_steps=default))
+  # Polar Express beyond its 8 tabulated steps repeats the last one.
+  if method == "polar_express":
+    want = _np_iteration(x, list(POLAR_EXPRESS_COEFFS) + [POLAR_EXPRESS_COEFFS[-1]])
+    assert _relerr(_polar(x, method, ns_steps=9), want) <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["svd", "eigh", "rsvd", "qdwh", "auto"])
+def test_rtol_is_used_by_every_method_with_a_cutoff(method):
+  """Half the spectrum at 3e-3·σ_max: rtol = 0.1 damps it (SVD: to 0.03),
+  the default (≈ 2e-6) lifts it to one."""
+  rng = np.random.default_rng(5)
+  x = _with_sv(rng, 16, 16, np.r_[np.ones(8), np.full(8, 3e-3)])
+  x = x.astype(np.float32)
+  low = _sv(_polar(x, method, rtol=0.1))
+  # qdwh with a large rtol converges only to about 2e-2·rtol (see polar.py).
+  top_tol = 5e-3 if method == "qdwh" else 1e-4
+  assert np.all(low[8:] <= 0.05) and np.all(np.abs(low[:8] - 1) <= top_tol), low
+  high = _sv(_polar(x, method))
+  assert np.all(high >= 0.9), high
+
+
 # ---------------------------------------------------------- rtol and auto ---
 
 
@@ -417,10 +531,25 @@ def test_auto_method():
   assert auto_method((512, 97), "cpu") == "svd"
   assert auto_method((512, 97), "gpu") == "svd"
   assert auto_method((512, 97), "tpu") == "qdwh"
+  for backend in ("cpu", "gpu", "tpu"):  # validate() relies on this list.
+    assert auto_method((8, 24), backend) in AUTO_CHOICES
   chosen = auto_method((8, 24))
   assert chosen in METHODS and chosen != "auto"
   x = _zoo(8, 24)["gauss"]
   np.testing.assert_array_equal(_polar(x, "auto"), _polar(x, chosen))
+
+
+def test_auto_with_traced_rtol_never_picks_qdwh(monkeypatch):
+  """qdwh needs a Python float rtol; where auto would pick it (TPU), a traced
+  rtol (inject_hyperparams) gets the SVD instead of a TypeError."""
+  module = importlib.import_module("optax_egd.polar")  # Not the function.
+  monkeypatch.setattr(module, "auto_method", lambda shape, backend=None: "qdwh")
+  x = _zoo(16, 16)["cond1e6"]
+  y = jax.jit(lambda x, r: polar(x, "auto", rtol=r))(x, 0.5)
+  assert _relerr(y, _ref(x, 0.5)) <= 1e-4
+  # A Python float keeps qdwh (its noise filter is not bitwise the SVD).
+  np.testing.assert_array_equal(polar(x, "auto", rtol=1e-3),
+                                polar(x, "qdwh", rtol=1e-3))
 
 
 # -------------------------------------------------------------- validation ---
@@ -439,6 +568,18 @@ def test_auto_method():
    ValueError, "power_iters"),
   (dict(method="newton_schulz", ns_steps=0), ValueError, "ns_steps"),
   (dict(method="qdwh", rtol=jnp.float32(1e-3)), TypeError, "rtol"),
+  # Arguments the method does not use are rejected, naming who uses them.
+  (dict(method="svd", rank=2), ValueError, "rank=2 is used only by method 'rsvd'"),
+  (dict(method="auto", oversample=10), ValueError,
+   r"oversample=10 is used only by method 'rsvd'; method='auto' \(which picks"),
+  (dict(method="newton_schulz", power_iters=2), ValueError,
+   "power_iters=2 is used only by method 'rsvd'"),
+  (dict(method="rsvd", rank=2, ns_steps=5, key=jax.random.key(0)), ValueError,
+   "ns_steps=5 is used only by method 'newton_schulz' or 'polar_express'"),
+  (dict(method="qdwh", ns_steps=5), ValueError, "ns_steps"),
+  (dict(method="polar_express", rtol=1e-3), ValueError,
+   "rtol is not used by method='polar_express'"),
+  (dict(method="newton_schulz", rtol=1e-3), ValueError, "rtol"),
 ])
 def test_validation(kwargs, exc, match):
   with pytest.raises(exc, match=match):

@@ -198,11 +198,46 @@ def test_transposed_layout_and_muon_scale():
   assert_polar(default["w"], w)  # fan_in 8 ≥ fan_out 4 → × 1.
 
 
-def test_overlapping_dimension_numbers_raise():
-  tx = egd(method="svd", dimension_numbers=DimensionNumbers(0, (0, 1)))
-  g = {"w": jnp.ones((3, 4))}
-  with pytest.raises(ValueError, match="disjoint"):
-    tx.update(g, tx.init(g))
+_CONV_AND_DENSE = {"conv": jnp.ones((3, 3, 2, 4)),
+                   "dense": {"w": jnp.ones((8, 4)), "b": jnp.ones(4)}}
+
+
+@pytest.mark.parametrize("dims,params,match", [
+    # Out-of-range axes were wrapped around (3 on a 3-D leaf acted as 0).
+    (DimensionNumbers(reduction_axis=3, output_axis=1), {"w": jnp.ones((2, 3, 4))},
+     r"leaf \['w'\] of shape \(2, 3, 4\): axis 3 is out of range"),
+    # ... or reported as "axes must be disjoint".
+    (DimensionNumbers(reduction_axis=5, output_axis=1), {"w": jnp.ones((2, 3))},
+     r"leaf \['w'\] of shape \(2, 3\): axis 5 is out of range"),
+    ({"w": DimensionNumbers(-1, -3)}, {"w": jnp.ones((2, 3))},
+     r"axis -3 is out of range for 2 dimensions"),
+    # The README's conv numbers as one value for a model with dense layers.
+    (CONV, _CONV_AND_DENSE,
+     r"\['dense'\]\['w'\] of shape \(8, 4\): axis 2 is out of range.*pass a"
+     r" tree of DimensionNumbers.*or a callable"),
+    (lambda p: {"conv": CONV, "dense": {"w": CONV, "b": None}}, _CONV_AND_DENSE,
+     r"\['dense'\]\['w'\] of shape \(8, 4\): axis 2 is out of range"),
+    (DimensionNumbers(0, (0, 1)), {"w": jnp.ones((3, 4))}, "disjoint"),
+    (DimensionNumbers((1, 1), 2), {"w": jnp.ones((3, 4, 5))}, "distinct"),
+    ({"w": None, "v": None}, {"w": jnp.ones((3, 4))}, "structure of the params"),
+])
+def test_dimension_numbers_that_do_not_fit_raise_at_init(dims, params, match):
+  tx = egd(method="svd", dimension_numbers=dims)
+  with pytest.raises(ValueError, match=match):
+    tx.init(params)
+
+
+def test_negative_axes_count_from_the_end():
+  g = {"stack": _randn(40, 3, 5, 4), "w": _randn(41, 6, 4), "b": _randn(42, 4)}
+  tx = egd(method="svd", dimension_numbers=DimensionNumbers(-2, -1))
+  updates, _ = run(tx, g)
+  default, _ = run(egd(method="svd"), g)
+  for name in g:
+    np.testing.assert_array_equal(updates[name], default[name])
+  # Fan-in last: polar(wᵀ)ᵀ = polar(w).
+  updates, _ = run(egd(method="svd", dimension_numbers=DimensionNumbers(-1, -2)),
+                   {"w": g["w"]})
+  assert_polar(updates["w"], g["w"])
 
 
 def test_same_shape_leaves_batched_equal_one_by_one():
@@ -381,6 +416,20 @@ def test_inject_hyperparams_static_method():
   updates, state = run(tx, g)
   assert_polar(updates["w"], g["w"])
   assert int(state.inner_state.count) == 1
+
+
+def test_inject_hyperparams_rejects_unused_static_argument_at_init():
+  g = {"w": _randn(43, 6, 4)}
+  tx = optax.inject_hyperparams(egd, static_args=("method", "ns_steps"))(
+      method="svd", ns_steps=5)
+  with pytest.raises(ValueError, match="ns_steps=5 is used only by"):
+    tx.init(g)
+  tx = optax.inject_hyperparams(egd, static_args=("method", "ns_steps"))(
+      method="polar_express", ns_steps=5)
+  updates, _ = run(tx, g)
+  np.testing.assert_allclose(
+      updates["w"], optax_egd.polar(g["w"], "polar_express", ns_steps=5),
+      atol=1e-5)
 
 
 def test_inject_hyperparams_rtol_becomes_array():
@@ -562,6 +611,19 @@ def test_nnx_optimizer():
     (dict(dimension_numbers=3), TypeError, "dimension_numbers"),
     (dict(dimension_numbers="rows"), TypeError, "dimension_numbers"),
     (dict(dimension_numbers={"w": (0, 1)}), TypeError, "dimension_numbers"),
+    (dict(dimension_numbers=DimensionNumbers(1.5, 0)), TypeError, "ints"),
+    (dict(dimension_numbers={"w": DimensionNumbers((), 0)}), ValueError,
+     "reduction_axis must name at least one axis"),
+    # An argument the method does not use is an error, never ignored.
+    (dict(rank=4), ValueError, "rank=4 is used only by method 'rsvd'"),
+    (dict(method="svd", power_iters=0), ValueError, "power_iters"),
+    (dict(method="eigh", oversample=10), ValueError, "oversample"),
+    (dict(method="polar_express", rank=8), ValueError, "rank"),
+    (dict(ns_steps=5), ValueError,
+     "ns_steps=5 is used only by method 'newton_schulz' or 'polar_express'"),
+    (dict(method="rsvd", rank=2, ns_steps=5), ValueError, "ns_steps"),
+    (dict(method="newton_schulz", rtol=1e-3), ValueError, "rtol is not used"),
+    (dict(method="polar_express", rtol=jnp.asarray(1e-3)), ValueError, "rtol"),
 ])
 def test_bad_configuration_raises_at_construction(kwargs, error, name):
   with pytest.raises(error, match=name):
@@ -581,6 +643,11 @@ def test_good_configurations_construct():
   # Any pytree of DimensionNumbers, not only dicts (FrozenDict, nnx.State).
   from flax.core import FrozenDict
   egd(dimension_numbers=FrozenDict({"a": CONV}))
+  # Arguments given with the method that uses them, defaults spelled out.
+  egd(method="rsvd", rank=2, oversample=10, power_iters=2)
+  egd(method="newton_schulz", ns_steps=5)
+  egd(method="polar_express", ns_steps=8)
+  egd(method="auto", rtol=1e-3)
 
 
 @pytest.mark.parametrize("phase", ["init", "update"])
