@@ -38,5 +38,29 @@ bench: $(VENV)/.experiments
 	$(BIN)/python -m benchmarks.step
 	$(BIN)/python -m benchmarks.grok
 
+# The lowest versions pyproject.toml declares (pinned in ci/floor-constraints.txt)
+# on the lowest Python it declares, in their own venv: the library tests and
+# a training run. A new venv whenever the floors change.
+.PHONY: test-floor
+FLOOR_PYTHON ?= python3.11
+FLOOR_VENV := .venv-floor
+FLOOR_TESTS := optax_egd tests/test_polar.py tests/test_transform.py \
+  tests/test_baselines.py tests/test_spectrum.py tests/test_sharding.py \
+  tests/test_compat.py tests/test_floors.py \
+  tests/test_experiments.py::test_resume_equals_uninterrupted
+
+$(FLOOR_VENV)/.installed: pyproject.toml ci/floor-constraints.txt
+	rm -rf $(FLOOR_VENV)
+	$(FLOOR_PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install -q -c ci/floor-constraints.txt \
+	  -e ".[experiments]" "pytest>=8" hypothesis
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed
+	OPTAX_EGD_FLOOR=1 $(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider \
+	  $(FLOOR_TESTS)
+	$(FLOOR_VENV)/bin/python -m experiments.demo
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

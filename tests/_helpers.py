@@ -19,4 +19,14 @@ def count_compiles() -> Iterator[list[str]]:
   try:
     yield events
   finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+    _unregister(listener)
+
+
+def _unregister(listener: object) -> None:
+  """Removes a duration listener (public API from jax 0.8.1 on)."""
+  unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+  if unregister is None:  # jax < 0.8.1
+    from jax._src import monitoring
+
+    unregister = monitoring._unregister_event_duration_listener_by_callback
+  unregister(listener)

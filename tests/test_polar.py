@@ -340,6 +340,14 @@ def test_low_precision_computes_in_float32(dtype, method):
     assert _relerr(y, _ref(x.astype(jnp.float32))) <= eps
 
 
+def _enable_x64():
+  """``jax.enable_x64(True)``; jax < 0.8 has it as ``jax.experimental``'s."""
+  if hasattr(jax, "enable_x64"):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64
+  return enable_x64(True)
+
+
 @pytest.mark.parametrize("method", ALL)
 def test_float64_with_x64(method):
   rng = np.random.default_rng(64)
@@ -347,7 +355,7 @@ def test_float64_with_x64(method):
         "cond1e6": _with_sv(rng, 16, 16, np.logspace(0, -6, 16)),
         "cond1e12": _with_sv(rng, 16, 16, np.logspace(0, -12, 16))}
   eps = float(np.finfo(np.float64).eps)
-  with jax.enable_x64(True):  # A 3-D leaf: the three matrices as a batch.
+  with _enable_x64():  # A 3-D leaf: the three matrices as a batch.
     y3 = _polar(np.stack(list(xs.values())), method)
   assert y3.shape == (3, 16, 16)
   for name, y in zip(xs, y3, strict=True):
