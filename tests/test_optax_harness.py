@@ -912,8 +912,12 @@ def _type_mismatches(a: Any, b: Any) -> list[str]:
   ta = jax.tree_util.tree_leaves_with_path(jax.tree.map(jax.typeof, a))
   tb = jax.tree.leaves(jax.tree.map(jax.typeof, b))
   assert len(ta) == len(tb)
-  return [f"{jax.tree_util.keystr(p)}: {x} != {y}"
-          for (p, x), y in zip(ta, tb, strict=True) if x != y]
+  bad = []
+  for (path, x), y in zip(ta, tb, strict=True):
+    if x != y:  # Types that print alike differ in their sharding's mesh.
+      detail = f" ({x.sharding} != {y.sharding})" if str(x) == str(y) else ""
+      bad.append(f"{jax.tree_util.keystr(path)}: {x} != {y}{detail}")
+  return bad
 
 
 def _mesh_checks(make: Callable[[], optax.GradientTransformation]) -> None:
@@ -987,6 +991,10 @@ def _run_mesh_worker(names: list[str]) -> dict[str, str | None]:
       [*flags, "--xla_force_host_platform_device_count=8"])
   env["JAX_PLATFORMS"] = "cpu"
   env.setdefault("OPENBLAS_NUM_THREADS", "1")
+  # The optax_egd this process tests (a script's sys.path starts at tests/).
+  root = str(Path(optax_egd.__file__).resolve().parents[1])
+  env["PYTHONPATH"] = os.pathsep.join(
+      [root, *filter(None, [env.get("PYTHONPATH")])])
   done = subprocess.run(
       [sys.executable, __file__, "--mesh-worker", *names], env=env, text=True,
       capture_output=True, timeout=900, check=False)
