@@ -246,8 +246,12 @@ def test_optimizers_accept_extra_args(case: Case) -> None:
 
 # Learning rates of the chained sgd (momentum 0.9) for the convergence test:
 # egd's and column_norm's updates do not shrink near the optimum (unit singular
-# values / column norms), so the iterates settle within about lr/(1 - 0.9).
+# values / column norms), so the iterates settle within about lr/(1 - 0.9);
+# grokfast_ma amplifies the gradient up to 1 + lamb = 6 times (Rosenbrock
+# diverges at 1e-3).
 def _convergence_lr(case: Case, target: str) -> float:
+  if case.factory is optax_egd.grokfast_ma:
+    return 1e-3 / 6
   if target == "rosenbrock" or not (case.is_egd or case.name.startswith(
       "column_norm")):
     return 1e-3
@@ -272,10 +276,11 @@ def test_optimizers(case: Case, target: str, dtype: str) -> None:
                 " method passes through (run for egd())")
   if dtype == "complex64" and target in ("matrix_parabola", "mixed"):
     pytest.skip("AliasTest's complex targets are parabola and rosenbrock")
-  if case.factory is optax_egd.orthograd and target != "rosenbrock":
-    pytest.skip("orthograd moves orthogonally to w, so |w| never decreases:"
-                " these targets' minimizers are nearer to 0 than the start or"
-                " the reachable set")
+  if case.factory is optax_egd.orthograd:
+    pytest.skip("orthograd drops the radial part of the gradient: |w| only"
+                " grows (by second-order steps), so it stalls on the sphere"
+                " it reaches instead of at the minimizer (Rosenbrock: at"
+                " (0.56, 0.31) for (1, 1))")
   initial_params, final_params, obj_fn = TARGETS[target](jnp.dtype(dtype))
   opt = case.optimizer(_convergence_lr(case, target))
 
@@ -604,7 +609,7 @@ def test_orthogonality(case: Case) -> None:
   not apply: egd has no AOL preconditioning and supports real leaves only.)
   """
   params = {"w": jnp.eye(8) * 2.0}
-  updates, _ = _get_updates(case, params)
+  updates, _ = _get_updates(case, params, **_egd_kwargs(case.method, rank=8))
   w_update = updates["w"]
   assert not any(bool(jnp.isnan(x).any()) for x in jax.tree.leaves(updates))
   gram = jnp.dot(w_update.T, w_update)
@@ -848,8 +853,8 @@ def test_multi_steps_mixed_precision(case: Case) -> None:
   opt = optax.chain(case.make(), optax.adam(0.1))
   ms_opt = optax.MultiSteps(opt, k_steps)
 
-  def train_step(data: Any, opt_state: Any, params: Any,
-                 opt_update_fn: Callable[..., Any], upd_dtype: Any) -> Any:
+  def train_step(data: Any, opt_state: Any, params: Any, upd_dtype: Any,
+                 opt_update_fn: Callable[..., Any]) -> Any:
     grad = jax.grad(lambda p, d: loss.apply({"params": p}, d))(params, data)
     grad = jax.tree.map(lambda x: x.astype(upd_dtype), grad)
     return opt_update_fn(grad, opt_state, params)
