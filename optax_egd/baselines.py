@@ -15,7 +15,11 @@ learning rate; chain it with an optimizer, e.g.
   ``orthograd.py`` of
   LucasPrietoAl/grokking-at-the-edge-of-numerical-stability).
 
-Arithmetic runs in float32 or wider and every update keeps its input's dtype.
+Arithmetic runs in float32 or wider (complex64 or wider for complex leaves,
+as in :func:`optax.contrib.muon`) and every update keeps its input's dtype;
+other dtypes are rejected naming the transform and the leaf. State arrays are
+made like the params (same sharding, also on explicit mesh axes), so the state
+types after ``init`` are those after every update.
 Numeric hyperparameters may be arrays (as :func:`optax.inject_hyperparams`
 makes them); they are range-checked when given as Python numbers.
 
@@ -35,13 +39,11 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-
-from optax_egd.polar import compute_dtype
 
 
 def _check_number(
@@ -58,6 +60,26 @@ def _check_number(
   if not (low <= value and in_range):
     accepted = f"[{low}, {high}]" if high is not None else f"[{low}, inf)"
     raise ValueError(f"{name} must be in {accepted}, got {value!r}")
+
+
+def _work_dtype(dtype: Any) -> jnp.dtype:
+  """float32 or wider for real dtypes, complex64 or wider for complex ones."""
+  dtype = jnp.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    return jnp.promote_types(dtype, jnp.complex64)
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _check_leaves(name: str, tree: Any) -> None:
+  """Raises a TypeError naming ``name`` and the leaf for a non-float leaf."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+      dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+          f"{name} needs floating or complex leaves; leaf"
+          f" {jax.tree_util.keystr(path)} has dtype {dtype}")
 
 
 def column_norm(
@@ -101,21 +123,23 @@ def column_norm(
   """
   _check_number("rtol", rtol, 0, 1)
   if isinstance(axis, bool) or not isinstance(axis, int):
-    raise TypeError(f"axis must be a Python int, -2 or -1, got {axis!r}")
+    raise TypeError(
+        "axis must be a Python int, -2 or -1 (with optax.inject_hyperparams,"
+        f" list it in static_args), got {axis!r}")
   if axis not in (-2, -1):
     raise ValueError(f"axis must be -2 (columns) or -1 (rows), got {axis}")
 
   def normalize(g: jax.Array) -> jax.Array:
     if g.ndim < 2:
       return g
-    x = g.astype(compute_dtype(g.dtype))
-    norms = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    x = g.astype(_work_dtype(g.dtype))
+    norms = jnp.sqrt(jnp.sum(jnp.square(jnp.abs(x)), axis=axis, keepdims=True))
     largest = jnp.max(norms, axis=-3 - axis, keepdims=True, initial=0.0)
-    floor = jnp.maximum(rtol * largest, jnp.finfo(x.dtype).tiny)
+    floor = jnp.maximum(rtol * largest, jnp.finfo(norms.dtype).tiny)
     return (x / jnp.maximum(norms, floor)).astype(g.dtype)
 
   def init_fn(params: optax.Params) -> optax.EmptyState:
-    del params
+    _check_leaves("column_norm", params)
     return optax.EmptyState()
 
   def update_fn(
@@ -125,6 +149,7 @@ def column_norm(
       **extra_args: object,
   ) -> tuple[optax.Updates, optax.EmptyState]:
     del params, extra_args
+    _check_leaves("column_norm", updates)
     return jax.tree.map(normalize, updates), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -170,8 +195,9 @@ def grokfast_ema(
   _check_number("lamb", lamb, 0)
 
   def init_fn(params: optax.Params) -> GrokfastEmaState:
-    ema = jax.tree.map(
-        lambda p: jnp.zeros(p.shape, compute_dtype(p.dtype)), params)
+    _check_leaves("grokfast_ema", params)
+    ema = jax.tree.map(  # zeros_like keeps the params' sharding.
+        lambda p: jnp.zeros_like(p, _work_dtype(p.dtype)), params)
     return GrokfastEmaState(count=jnp.zeros([], jnp.int32), ema=ema)
 
   def update_fn(
@@ -181,6 +207,7 @@ def grokfast_ema(
       **extra_args: object,
   ) -> tuple[optax.Updates, GrokfastEmaState]:
     del params, extra_args
+    _check_leaves("grokfast_ema", updates)
     decay = jnp.where(state.count == 0, 0.0, alpha)  # Seed with the first g.
     ema = jax.tree.map(
         lambda g, m: decay * m + (1 - decay) * g.astype(m.dtype),
@@ -245,8 +272,10 @@ def grokfast_ma(
     raise TypeError(f"warmup must be a bool, got {warmup!r}")
 
   def init_fn(params: optax.Params) -> GrokfastMaState:
-    buffer = jax.tree.map(
-        lambda p: jnp.zeros((window, *p.shape), p.dtype), params)
+    _check_leaves("grokfast_ma", params)
+    buffer = jax.tree.map(  # Each slot sharded like its leaf.
+        lambda p: jnp.broadcast_to(jnp.zeros_like(p)[None],
+                                   (window, *p.shape)), params)
     return GrokfastMaState(count=jnp.zeros([], jnp.int32), buffer=buffer)
 
   def update_fn(
@@ -256,13 +285,14 @@ def grokfast_ma(
       **extra_args: object,
   ) -> tuple[optax.Updates, GrokfastMaState]:
     del params, extra_args
+    _check_leaves("grokfast_ma", updates)
     slot = state.count % window
     count = optax.safe_increment(state.count)
     buffer = jax.tree.map(
         lambda g, b: b.at[slot].set(g.astype(b.dtype)), updates, state.buffer)
 
     def amplify(g: jax.Array, b: jax.Array) -> jax.Array:
-      total = jnp.sum(b.astype(compute_dtype(b.dtype)), axis=0)
+      total = jnp.sum(b.astype(_work_dtype(b.dtype)), axis=0)
       out = g + lamb * total / jnp.minimum(count, window)
       if warmup:
         out = jnp.where(count >= window, out, g)
@@ -306,17 +336,20 @@ def orthograd(rtol: float = 1e-4) -> optax.GradientTransformationExtraArgs:
   _check_number("rtol", rtol, 0, 1)
 
   def project(g: jax.Array, w: jax.Array) -> jax.Array:
-    dtype = compute_dtype(jnp.result_type(g, w))
+    dtype = _work_dtype(jnp.result_type(g, w))
     x, w = g.astype(dtype), w.astype(dtype)
-    tiny = jnp.finfo(dtype).tiny
-    perp = x - jnp.sum(w * x) / jnp.maximum(jnp.sum(w * w), tiny) * w
-    g_norm = jnp.sqrt(jnp.sum(jnp.square(x)))
-    perp_norm = jnp.sqrt(jnp.sum(jnp.square(perp)))
+    sq_norm = lambda v: jnp.sum(jnp.square(jnp.abs(v)))
+    w_sq = sq_norm(w)
+    tiny = jnp.finfo(w_sq.dtype).tiny
+    # <w, x> / <w, w> with the complex inner product <a, b> = sum(conj(a) b).
+    perp = x - jnp.sum(jnp.conj(w) * x) / jnp.maximum(w_sq, tiny) * w
+    g_norm = jnp.sqrt(sq_norm(x))
+    perp_norm = jnp.sqrt(sq_norm(perp))
     floor = jnp.maximum(rtol * g_norm, tiny)
     return (perp * (g_norm / jnp.maximum(perp_norm, floor))).astype(g.dtype)
 
   def init_fn(params: optax.Params) -> optax.EmptyState:
-    del params
+    _check_leaves("orthograd", params)
     return optax.EmptyState()
 
   def update_fn(
@@ -329,6 +362,8 @@ def orthograd(rtol: float = 1e-4) -> optax.GradientTransformationExtraArgs:
     if params is None:
       raise ValueError(
           "orthograd needs params: call update(updates, state, params)")
+    _check_leaves("orthograd", updates)
+    _check_leaves("orthograd", params)
     return jax.tree.map(project, updates, params), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

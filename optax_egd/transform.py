@@ -333,7 +333,7 @@ def egd(
   if not isinstance(scale, str) or scale not in SCALES:
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
   _check_enabled(enabled)
-  key_data = _key_data(key)
+  _key_data(key)  # Checked now; the state's copy is made by init (see there).
   layer_parallel = distributed.resolve(distribute)
   if not callable(dimension_numbers) and not all(
       _is_dims(d) for d in jax.tree.leaves(dimension_numbers, is_leaf=_is_dims)):
@@ -360,9 +360,11 @@ def egd(
   def init_fn(params: optax.Params) -> EGDState:
     check_leaves(params)
     _check_dims_fit(dimension_numbers, params)
+    # Made here, not at construction: under the caller's mesh (jax.set_mesh)
+    # its type is then the one update returns, so the step compiles once.
     return EGDState(
         count=jnp.zeros([], jnp.int32),
-        key=key_data,
+        key=jnp.array(_key_data(key), jnp.uint32),
         enabled=jnp.asarray(enabled, jnp.bool_),
     )
 

@@ -69,7 +69,8 @@ def _np_grokfast_ma(grads, window, lamb, warmup):
 
 def _np_orthograd(g, w):
   w, g = w.ravel(), g.ravel()  # OrthoGrad._orthogonalize_gradients.
-  perp = g - np.dot(w, g) / (np.dot(w, w) + 1e-30) * w
+  # vdot: the complex inner product sum(conj(w) g); np.dot for real inputs.
+  perp = g - np.vdot(w, g) / (np.vdot(w, w).real + 1e-30) * w
   return perp * (np.linalg.norm(g) / (np.linalg.norm(perp) + 1e-30))
 
 
@@ -340,3 +341,62 @@ def test_flax_nnx_state(name):
 def test_bad_arguments(factory, kwargs, error, match):
   with pytest.raises(error, match=match):
     factory(**kwargs)
+
+
+def test_column_norm_inject_hyperparams_says_static_args():
+  grads = [{"w": jnp.asarray(_randn(3, 2), jnp.float32)} for _ in range(2)]
+  with pytest.raises(TypeError, match=r"axis must be a Python int.*static_args"):
+    optax.inject_hyperparams(column_norm)(axis=-1).init(grads[0])
+  injected = optax.inject_hyperparams(column_norm, static_args=("axis",))(
+      axis=-1, rtol=1e-3)
+  got, _ = _run(injected, grads)
+  want, _ = _run(column_norm(axis=-1, rtol=1e-3), grads)
+  for a, b in zip(got, want, strict=True):
+    np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6)
+
+
+def _crandn(*shape):
+  return _randn(*shape) + 1j * _randn(*shape)
+
+
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])
+def test_complex_leaves_match_numpy(dtype):
+  """Complex gradients work (as in optax.contrib.muon), in the leaf's dtype."""
+  grads = [{"w": _crandn(4, 3), "b": _crandn(3)} for _ in range(3)]
+  w = {"w": _crandn(4, 3), "b": _crandn(3)}
+  cast = lambda t: jax.tree.map(lambda x: jnp.asarray(x, dtype), t)
+  refs = {
+      "column_norm": (column_norm(), lambda gs, k: [
+          _np_column_norm(g) if g.ndim >= 2 else g for g in gs]),
+      "grokfast_ema": (grokfast_ema(alpha=0.8, lamb=2.0),
+                       lambda gs, k: _np_grokfast_ema(gs, 0.8, 2.0)),
+      "grokfast_ma": (grokfast_ma(window=2, lamb=1.5, warmup=False),
+                      lambda gs, k: _np_grokfast_ma(gs, 2, 1.5, False)),
+      "orthograd": (orthograd(rtol=0.0), lambda gs, k: [
+          _np_orthograd(g, w[k]).reshape(g.shape) for g in gs]),
+  }
+  rtol = 1e-5 if dtype == jnp.complex64 else 1e-12
+  with jax.enable_x64(dtype == jnp.complex128):
+    for name, (tx, ref) in refs.items():
+      outs, _ = _run(tx, [cast(g) for g in grads], params=cast(w))
+      for k in ("w", "b"):
+        want = ref([g[k] for g in grads], k)
+        for o, r in zip(outs, want, strict=True):
+          assert o[k].dtype == dtype, name
+          np.testing.assert_allclose(o[k], r, rtol=rtol, atol=rtol,
+                                     err_msg=name)
+    out = _run(orthograd(), [cast(grads[0])], params=cast(w))[0][0]["w"]
+    assert abs(np.vdot(w["w"], out)) < 1e-5 * np.linalg.norm(w["w"]) * (
+        np.linalg.norm(grads[0]["w"]))
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_non_float_leaves_are_rejected_naming_transform_and_leaf(name):
+  tx = TRANSFORMS[name]()
+  params = {"w": jnp.ones((2, 2)), "steps": jnp.ones((2, 2), jnp.int32)}
+  with pytest.raises(TypeError, match=rf"{name}.*\['steps'\].*int32"):
+    tx.init(params)
+  good = {"w": jnp.ones((2, 2))}
+  state = tx.init(good)
+  with pytest.raises(TypeError, match=rf"{name}.*\['w'\].*int32"):
+    tx.update({"w": jnp.ones((2, 2), jnp.int32)}, state, good)
