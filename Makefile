@@ -33,10 +33,20 @@ lint: $(VENV)/.dev
 test: lint
 	$(BIN)/python -m pytest
 
+# `make bench` writes into a new folder runs/bench/<date>-<time> (or BENCH_OUT);
+# `make bench-refresh` rewrites the committed references in benchmarks/results.
+BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
+BENCH_OUT ?= runs/bench/$(BENCH_STAMP)
+.PHONY: bench-refresh
+
 bench: $(VENV)/.experiments
-	$(BIN)/python -m benchmarks.polar --quick
-	$(BIN)/python -m benchmarks.step
-	$(BIN)/python -m benchmarks.grok
+	$(BIN)/python -m benchmarks.polar --quick --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.step --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.layer_parallel --quick --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.grok --out $(BENCH_OUT)
+
+bench-refresh:
+	$(MAKE) bench BENCH_OUT=benchmarks/results
 
 # The lowest versions pyproject.toml declares (pinned in ci/floor-constraints.txt)
 # on the lowest Python it declares, in their own venv: the library tests and

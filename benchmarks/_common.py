@@ -6,7 +6,9 @@ Import this module (or anything in :mod:`benchmarks`) before JAX: the package
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import argparse
+from collections.abc import Callable, Iterator, Sequence
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -14,8 +16,9 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from flax import nnx
 import jax
@@ -26,6 +29,63 @@ from experiments import _threads, models, optimizers, tasks, train
 import optax_egd
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+"""The committed reference results; written only when ``--out`` names it."""
+RUNS_DIR = pathlib.Path("runs") / "bench"
+"""Default parent of a run's output folder (relative to the working directory)."""
+
+
+def parser(name: str, description: str) -> argparse.ArgumentParser:
+  """The argument parser of ``python -m benchmarks.<name>``, with ``--out``."""
+  p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}",
+                              description=description)
+  p.add_argument(
+      "--out", type=pathlib.Path, metavar="DIR",
+      help=f"folder for the results (default: {RUNS_DIR}/{name}-<date>-<time>); "
+      "`--out benchmarks/results` refreshes the committed references")
+  return p
+
+
+def out_dir(out: pathlib.Path | None, name: str) -> pathlib.Path:
+  """``out``, or a new timestamped folder under :data:`RUNS_DIR`."""
+  if out is not None:
+    return out
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  return RUNS_DIR / f"{name}-{stamp}"
+
+
+def result_stem(name: str, quick: bool) -> str:
+  """File name stem of a run's results: ``name`` or ``name_quick``."""
+  return f"{name}_quick" if quick else name
+
+
+class _Tee:
+  """A text stream writing to two streams."""
+
+  def __init__(self, *streams: TextIO) -> None:
+    self.streams = streams
+
+  def write(self, text: str) -> int:
+    for s in self.streams:
+      s.write(text)
+    return len(text)
+
+  def flush(self) -> None:
+    for s in self.streams:
+      s.flush()
+
+
+@contextlib.contextmanager
+def tee_stdout(path: str | pathlib.Path) -> Iterator[None]:
+  """Copies everything printed to stdout inside the block into ``path``."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("w") as f:
+    old = sys.stdout
+    sys.stdout = _Tee(old, f)  # type: ignore[assignment]
+    try:
+      yield
+    finally:
+      sys.stdout = old
 
 
 def cpu_model() -> str:

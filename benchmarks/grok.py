@@ -21,7 +21,6 @@ baseline did not reach 95% within the cap the speedup is a lower bound (``≥``)
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import dataclasses
 import statistics
@@ -172,7 +171,7 @@ def markdown(summaries: Sequence[Summary], max_epochs: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = _common.parser("grok", __doc__.split("\n")[0])
   parser.add_argument("--task", choices=tasks.OPERATIONS, default="add",
                       help="a ∘ b mod p (default add)")
   parser.add_argument("--p", type=int, default=97)
@@ -185,40 +184,42 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="cap at 200 epochs (plain SGD needs ~5000)")
   parser.add_argument("--log-every", type=int, default=500,
                       help="progress line every N epochs (stderr)")
-  parser.add_argument("--out", default=str(_common.RESULTS_DIR / "grok.json"),
-                      help="JSON path; the Markdown table goes next to it")
   args = parser.parse_args(argv)
   max_epochs = min(args.max_epochs, 200) if args.quick else args.max_epochs
   config = train.TrainConfig(batch_size=args.batch_size,
                               max_epochs=max_epochs)
 
-  info = _common.machine_info()
-  _common.print_header(
-      f"Grokking: epochs and seconds to 95% test accuracy on "
-      f"a {args.task} b mod {args.p}", info)
-  print(f"cap: {max_epochs} epochs; seeds {args.seeds}; egd() 'auto' → "
-        f"{optax_egd.auto_method((2 * args.p, _common.MLP_HIDDEN))!r}\n")
-  rows = []
-  for seed in args.seeds:
-    for name in args.optimizers:
-      rows.append(run_one(name, args.task, args.p, seed, config,
-                          args.log_every))
-      r = rows[-1]
-      reached = (f"95% at epoch {r.epochs} ({r.seconds:.1f} s)" if r.epochs
-                 else f"did not reach 95% within {max_epochs} epochs "
-                 f"(best {r.best_test_acc:.3f})")
-      print(f"  {name:>18} seed {seed}: {reached}", file=sys.stderr,
-            flush=True)
-  summaries = summarize(rows, max_epochs)
-  table = markdown(summaries, max_epochs)
-  print(table)
-  run_config = dict(vars(args), max_epochs=max_epochs)
-  path = _common.write_json(args.out, info, run_config, rows, summaries)
-  md = path.with_suffix(".md")
-  md.write_text(f"a {args.task} b mod {args.p}, seeds {args.seeds}, cap "
-                f"{max_epochs} epochs; {info['cpu_model']}, load "
-                f"{info['load_start']['loadavg']}\n\n{table}\n")
-  print(f"\nwrote {path} and {md}")
+  out = _common.out_dir(args.out, "grok")
+  stem = _common.result_stem("grok", args.quick)
+  with _common.tee_stdout(out / f"{stem}.txt"):
+    info = _common.machine_info()
+    _common.print_header(
+        f"Grokking: epochs and seconds to 95% test accuracy on "
+        f"a {args.task} b mod {args.p}", info)
+    print(f"cap: {max_epochs} epochs; seeds {args.seeds}; egd() 'auto' → "
+          f"{optax_egd.auto_method((2 * args.p, _common.MLP_HIDDEN))!r}\n")
+    rows = []
+    for seed in args.seeds:
+      for name in args.optimizers:
+        rows.append(run_one(name, args.task, args.p, seed, config,
+                            args.log_every))
+        r = rows[-1]
+        reached = (f"95% at epoch {r.epochs} ({r.seconds:.1f} s)" if r.epochs
+                   else f"did not reach 95% within {max_epochs} epochs "
+                   f"(best {r.best_test_acc:.3f})")
+        print(f"  {name:>18} seed {seed}: {reached}", file=sys.stderr,
+              flush=True)
+    summaries = summarize(rows, max_epochs)
+    table = markdown(summaries, max_epochs)
+    print(table)
+    run_config = dict(vars(args), max_epochs=max_epochs)
+    path = _common.write_json(out / f"{stem}.json", info, run_config, rows,
+                              summaries)
+    md = path.with_suffix(".md")
+    md.write_text(f"a {args.task} b mod {args.p}, seeds {args.seeds}, cap "
+                  f"{max_epochs} epochs; {info['cpu_model']}, load "
+                  f"{info['load_start']['loadavg']}\n\n{table}\n")
+    print(f"\nwrote {path}, {md.name} and {stem}.txt")
 
 
 if __name__ == "__main__":

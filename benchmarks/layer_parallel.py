@@ -9,7 +9,9 @@ Simulated devices all share this machine's cores, so wall-clock time cannot
 show a speedup from spreading work over them. What is measured instead:
 
 * ``matrices / device``: how many decompositions each device runs, read from
-  the compiled program (the per-device batch of its SVD calls), for
+  the compiled program (:func:`svd_counts`: every LAPACK SVD call, times the
+  batch it decomposes, times the trip counts of the loops around it; on CPU
+  ``polar`` decomposes a stack one matrix at a time in a loop), for
   ``egd(distribute=mesh)`` on each D-device mesh. Falls as ceil(B/D) per
   same-shape group of B matrices.
 * ``polar s``: the time of one device's share (ceil(B/D) matrices of each
@@ -27,7 +29,10 @@ show a speedup from spreading work over them. What is measured instead:
   devices on the same cores this is the saving in *total* work, not a
   per-device speedup.
 
-Results go to ``benchmarks/results/layer_parallel.json``.
+Results go to ``--out`` (default ``runs/bench/layer_parallel-<date>-<time>``):
+``layer_parallel.json`` (``layer_parallel_quick.json`` with ``--quick``) and
+the printed report as ``.txt``; ``--out benchmarks/results`` refreshes the
+committed references.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8")
 
-import argparse  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
@@ -75,11 +79,70 @@ def gradients(shapes: Shapes, seed: int = 0) -> dict[str, jax.Array]:
   return out
 
 
-def svd_batches(compiled: Any) -> list[int]:
-  """Per-device batch sizes of a compiled program's LAPACK SVD calls."""
-  return sorted(int(b) for b in re.findall(
-      r"= \(f32\[(\d+),\d+,\d+\][^\n]*custom_call_target=\"lapack_sgesdd",
-      compiled.as_text()))
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([^\s(]+) ")
+_SVD_CALL = re.compile(
+    r"custom_call_target=\"lapack_[sdcz]ges[dv]d[^\"]*\".*?"
+    r"operand_layout_constraints=\{[a-z0-9]+\[([\d,]*)\]")
+_WHILE = re.compile(r" while\(.*?body=%([^\s,]+)")
+_TRIP_COUNT = re.compile(r"\"known_trip_count\":\{\"n\":\"(\d+)\"")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_CALLED = re.compile(r"(?:calls|to_apply|true_computation|false_computation)"
+                     r"=%([^\s,]+)")
+
+
+def svd_counts(hlo: str) -> dict[str, int]:
+  """Matrices a compiled program decomposes with LAPACK SVDs, by matrix shape.
+
+  ``hlo`` is ``compiled.as_text()`` (per device after SPMD partitioning).
+  Every SVD custom call counts the matrices of its operand (the product of
+  its leading dimensions: 1 for one matrix, B for a batched call), times the
+  trip count of every ``while`` loop around it (``lax.map`` over a stack);
+  of a ``conditional``'s branches the one decomposing the most counts (EGD
+  enabled). Keys are ``"m×n"`` of the matrices the SVDs see (after the QR
+  that reduces a wide matrix to a square one).
+  """
+  bodies: dict[str, list[str]] = {}
+  current: list[str] | None = None
+  entry = ""
+  for line in hlo.splitlines():
+    header = _COMPUTATION.match(line)
+    if header and line.rstrip().endswith("{"):
+      current = bodies.setdefault(header.group(1), [])
+      if line.startswith("ENTRY"):
+        entry = header.group(1)
+    elif line.startswith("}"):
+      current = None
+    elif current is not None:
+      current.append(line)
+
+  def merge(into: dict[str, int], other: dict[str, int], times: int) -> None:
+    for shape, n in other.items():
+      into[shape] = into.get(shape, 0) + n * times
+
+  @functools.cache
+  def count(name: str) -> tuple[tuple[str, int], ...]:
+    total: dict[str, int] = {}
+    for line in bodies.get(name, ()):
+      if (call := _SVD_CALL.search(line)):
+        dims = [int(d) for d in call.group(1).split(",") if d]
+        merge(total, {"×".join(map(str, dims[-2:])): math.prod(dims[:-2])}, 1)
+      elif (loop := _WHILE.search(line)):
+        trips = _TRIP_COUNT.search(line)
+        if trips is None:
+          raise ValueError(f"a loop without a known trip count: {line[:200]}")
+        merge(total, dict(count(loop.group(1))), int(trips.group(1)))
+      elif (branches := _BRANCHES.search(line)):
+        counts = [dict(count(b.strip().lstrip("%")))
+                  for b in branches.group(1).split(",")]
+        merge(total, max(counts, key=lambda c: sum(c.values())), 1)
+      else:
+        for called in _CALLED.findall(line):
+          merge(total, dict(count(called)), 1)
+    return tuple(sorted(total.items()))
+
+  if not entry:
+    raise ValueError("no ENTRY computation in the HLO text")
+  return dict(count(entry))
 
 
 def mesh_of(d: int) -> jax.sharding.Mesh:
@@ -96,7 +159,7 @@ def per_device_rows(shapes: Shapes, ds: Sequence[int], *, repeats: int
     tx = optax_egd.egd(distribute=mesh)
     placed = jax.device_put(grads, NamedSharding(mesh, P()))
     compiled, _ = _common.compile_fn(tx.update, placed, tx.init(placed))
-    batches = svd_batches(compiled)
+    svds = svd_counts(compiled.as_text())
     # One device's share, decomposed on one device, one matrix at a time.
     share = [jax.device_put(
         jax.random.normal(jax.random.key(m), (math.ceil(b / d), m, n)),
@@ -114,8 +177,8 @@ def per_device_rows(shapes: Shapes, ds: Sequence[int], *, repeats: int
               x, NamedSharding(mesh, P())) for x in xs], padded)
       gather_calls[d] = functools.partial(gather_fn, padded)
     rows.append({
-        "devices": d, "svd_batches_per_device": batches,
-        "matrices_per_device": sum(batches),
+        "devices": d, "svds_per_device": svds,
+        "matrices_per_device": sum(svds.values()),
         "expected": sum(math.ceil(b / d) for b in shapes.values()),
         "gather_mb_in": sum(x.size * 4 for x in padded) * (d - 1) / d / 1e6})
     print(f"  compiled D={d}", file=sys.stderr, flush=True)
@@ -147,10 +210,10 @@ def update_rows(shapes: Shapes, d: int, *, repeats: int
     state = tx.init(grads)
     compiled, compile_s = _common.compile_fn(tx.update, grads, state)
     calls[name] = functools.partial(compiled, grads, state)
-    batches = svd_batches(compiled)
-    rows.append({"update": name, "devices": d,
-                 "matrices_per_device": sum(batches),
-                 "matrices_all_devices": sum(batches) * d,
+    svds = svd_counts(compiled.as_text())
+    rows.append({"update": name, "devices": d, "svds_per_device": svds,
+                 "matrices_per_device": sum(svds.values()),
+                 "matrices_all_devices": sum(svds.values()) * d,
                  "compile_s": compile_s})
     print(f"  compiled {name}", file=sys.stderr, flush=True)
   timings = _common.time_interleaved(calls, repeats=repeats, min_seconds=0.0)
@@ -161,49 +224,51 @@ def update_rows(shapes: Shapes, d: int, *, repeats: int
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = _common.parser("layer_parallel", __doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="8 layers of width 256 instead of 24 of width 768")
   parser.add_argument("--layers", type=int)
   parser.add_argument("--width", type=int)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--out", default=str(_common.RESULTS_DIR
-                                           / "layer_parallel.json"))
   args = parser.parse_args(argv)
   layers = args.layers or (8 if args.quick else 24)
   width = args.width or (256 if args.quick else 768)
   shapes = model_shapes(layers, width)
   n = len(jax.devices())
   ds = [d for d in (1, 2, 4, 8) if d <= n]
-  info = _common.machine_info()
-  _common.print_header("Layer-parallel polar: egd(distribute=...)", info)
-  print(f"model: {layers} layers × ({width}×{width}, {width}×{4 * width}): "
-        f"{sum(shapes.values())} matrices; D = {ds}\n")
+  out = _common.out_dir(args.out, "layer_parallel")
+  stem = _common.result_stem("layer_parallel", args.quick)
+  with _common.tee_stdout(out / f"{stem}.txt"):
+    info = _common.machine_info()
+    _common.print_header("Layer-parallel polar: egd(distribute=...)", info)
+    print(f"model: {layers} layers × ({width}×{width}, {width}×{4 * width}): "
+          f"{sum(shapes.values())} matrices; D = {ds}\n")
 
-  per_device = per_device_rows(shapes, ds, repeats=args.repeats)
-  print(_common.markdown_table(per_device, [
-      ("devices", "D", "d"),
-      ("matrices_per_device", "matrices / device", "d"),
-      ("polar_s", "polar s (one device's share)", ".3f"),
-      ("polar_ratio", "vs D=1", ".2f"),
-      ("gather_s", "all-gather s", ".4f"),
-      ("gather_mb_in", "MB in / device", ".1f")]))
-  print()
-  updates = update_rows(shapes, ds[-1], repeats=args.repeats)
-  print(_common.markdown_table(updates, [
-      ("update", f"update on {ds[-1]} devices", "s"),
-      ("matrices_per_device", "matrices / device", "d"),
-      ("matrices_all_devices", "decompositions, all devices", "d"),
-      ("update_s", "wall s (median)", ".3f"),
-      ("update_min_s", "min", ".3f")]))
-  print("\nSimulated devices share the machine's cores: 'polar s' is the"
-        " per-device compute time; the update's wall time reflects total work"
-        " across devices, not a per-device speedup.")
-  config = {"layers": layers, "width": width, "devices": ds,
-            "repeats": args.repeats, "quick": args.quick}
-  path = _common.write_json(args.out, info, config,
-                            {"per_device": per_device, "update": updates})
-  print(f"wrote {path}")
+    per_device = per_device_rows(shapes, ds, repeats=args.repeats)
+    print(_common.markdown_table(per_device, [
+        ("devices", "D", "d"),
+        ("matrices_per_device", "matrices / device", "d"),
+        ("expected", "ceil(B/D) per group", "d"),
+        ("polar_s", "polar s (one device's share)", ".3f"),
+        ("polar_ratio", "vs D=1", ".2f"),
+        ("gather_s", "all-gather s", ".4f"),
+        ("gather_mb_in", "MB in / device", ".1f")]))
+    print()
+    updates = update_rows(shapes, ds[-1], repeats=args.repeats)
+    print(_common.markdown_table(updates, [
+        ("update", f"update on {ds[-1]} devices", "s"),
+        ("matrices_per_device", "matrices / device", "d"),
+        ("matrices_all_devices", "decompositions, all devices", "d"),
+        ("update_s", "wall s (median)", ".3f"),
+        ("update_min_s", "min", ".3f")]))
+    print("\nSimulated devices share the machine's cores: 'polar s' is the"
+          " per-device compute time; the update's wall time reflects total work"
+          " across devices, not a per-device speedup.")
+    config = {"layers": layers, "width": width, "devices": ds,
+              "repeats": args.repeats, "quick": args.quick}
+    path = _common.write_json(out / f"{stem}.json", info, config,
+                              {"per_device": per_device, "update": updates})
+    print(f"wrote {path} and {stem}.txt")
 
 
 if __name__ == "__main__":

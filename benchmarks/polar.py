@@ -33,7 +33,6 @@ the truncation, by design.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 import dataclasses
 import functools
@@ -325,7 +324,7 @@ def parse_shape(text: str) -> Shape:
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = _common.parser("polar", __doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="shapes " + ", ".join(map(shape_str, QUICK_SHAPES))
                       + "; kinds " + ", ".join(QUICK_KINDS) + "; 3 repeats")
@@ -343,7 +342,6 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--guard-tol", type=float, default=1e-3,
                       help="eigh_guard: least λ_min/λ_max that keeps eigh")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default=str(_common.RESULTS_DIR / "polar.json"))
   args = parser.parse_args(argv)
   if BASELINE not in args.methods:
     args.methods = [BASELINE, *args.methods]
@@ -352,17 +350,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   repeats = min(args.repeats, 3) if args.quick else args.repeats
   min_seconds = min(args.min_seconds, 0.1) if args.quick else args.min_seconds
 
-  info = _common.machine_info()
-  _common.print_header("Polar-factor methods: time and accuracy", info)
-  rows = run(shapes, kinds, args.methods, repeats=repeats,
-             min_seconds=min_seconds, rsvd_rank=args.rsvd_rank,
-             guard_tol=args.guard_tol, seed=args.seed)
-  summary = print_report(rows, args.methods)
-  config = dict(vars(args), shapes=shapes, kinds=kinds, repeats=repeats,
-                min_seconds=min_seconds,
-                auto={shape_str(s): optax_egd.auto_method(s) for s in shapes})
-  path = _common.write_json(args.out, info, config, rows, summary)
-  print(f"\nwrote {path}")
+  out = _common.out_dir(args.out, "polar")
+  stem = _common.result_stem("polar", args.quick)
+  with _common.tee_stdout(out / f"{stem}.txt"):
+    info = _common.machine_info()
+    _common.print_header("Polar-factor methods: time and accuracy", info)
+    rows = run(shapes, kinds, args.methods, repeats=repeats,
+               min_seconds=min_seconds, rsvd_rank=args.rsvd_rank,
+               guard_tol=args.guard_tol, seed=args.seed)
+    summary = print_report(rows, args.methods)
+    config = dict(vars(args), shapes=shapes, kinds=kinds, repeats=repeats,
+                  min_seconds=min_seconds,
+                  auto={shape_str(s): optax_egd.auto_method(s) for s in shapes})
+    path = _common.write_json(out / f"{stem}.json", info, config, rows,
+                              summary)
+    print(f"\nwrote {path} and {stem}.txt")
 
 
 if __name__ == "__main__":

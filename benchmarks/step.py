@@ -20,7 +20,6 @@ every polar method. ``ratio`` is time / sgd's time: the EGD overhead.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import dataclasses
 import functools
@@ -185,7 +184,7 @@ def print_report(rows: Sequence[Row]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = _common.parser("step", __doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="optimizers " + ", ".join(QUICK_OPTIMIZERS)
                       + "; 5 repeats")
@@ -198,7 +197,6 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--min-seconds", type=float, default=2.0,
                       help="keep timing until this much time (default 2)")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default=str(_common.RESULTS_DIR / "step.json"))
   args = parser.parse_args(argv)
   names = args.optimizers or (QUICK_OPTIMIZERS if args.quick else OPTIMIZERS)
   if "sgd" not in names:
@@ -206,27 +204,30 @@ def main(argv: Sequence[str] | None = None) -> None:
   repeats = min(args.repeats, 5) if args.quick else args.repeats
   min_seconds = min(args.min_seconds, 0.2) if args.quick else args.min_seconds
 
-  info = _common.machine_info()
-  _common.print_header("Per-step time: EGD vs plain SGD", info)
-  print(f"egd() default method 'auto' resolves to "
-        f"{optax_egd.auto_method((194, 512))!r} for the MLP's first kernel\n")
-  rows = run(args.models, names, batch_size=args.batch_size, repeats=repeats,
-             min_seconds=min_seconds, seed=args.seed)
-  print_report(rows)
-  parts = []
-  if "mlp" in args.models:
-    parts = profile("mlp", batch_size=args.batch_size, repeats=repeats,
-                    min_seconds=min_seconds, seed=args.seed)
-    print("\nWhere egd()'s update goes on the MLP (per kernel gradient, ms):\n")
-    print(_common.markdown_table(parts, [
-        ("kernel", "kernel", "s"), ("shape", "shape", "s"),
-        ("part", "part", "s"), ("ms", "median ms", ".3f"),
-        ("min_ms", "min", ".3f")]))
-  config = dict(vars(args), optimizers=names, repeats=repeats,
-                min_seconds=min_seconds)
-  path = _common.write_json(args.out, info, config, rows,
-                            summary=dict(mlp_profile=parts))
-  print(f"\nwrote {path}")
+  out = _common.out_dir(args.out, "step")
+  stem = _common.result_stem("step", args.quick)
+  with _common.tee_stdout(out / f"{stem}.txt"):
+    info = _common.machine_info()
+    _common.print_header("Per-step time: EGD vs plain SGD", info)
+    print(f"egd() default method 'auto' resolves to "
+          f"{optax_egd.auto_method((194, 512))!r} for the MLP's first kernel\n")
+    rows = run(args.models, names, batch_size=args.batch_size, repeats=repeats,
+               min_seconds=min_seconds, seed=args.seed)
+    print_report(rows)
+    parts = []
+    if "mlp" in args.models:
+      parts = profile("mlp", batch_size=args.batch_size, repeats=repeats,
+                      min_seconds=min_seconds, seed=args.seed)
+      print("\nWhere egd()'s update goes on the MLP (per kernel gradient, ms):\n")
+      print(_common.markdown_table(parts, [
+          ("kernel", "kernel", "s"), ("shape", "shape", "s"),
+          ("part", "part", "s"), ("ms", "median ms", ".3f"),
+          ("min_ms", "min", ".3f")]))
+    config = dict(vars(args), optimizers=names, repeats=repeats,
+                  min_seconds=min_seconds)
+    path = _common.write_json(out / f"{stem}.json", info, config, rows,
+                              summary=dict(mlp_profile=parts))
+    print(f"\nwrote {path} and {stem}.txt")
 
 
 if __name__ == "__main__":

