@@ -387,7 +387,7 @@ def _fold_mapped_axes(f: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
   @folded.def_vmap
   def _rule(axis_size: int, in_batched: list[bool], *flat: jax.Array):
     flat = tuple(a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-                 for a, b in zip(flat, in_batched))
+                 for a, b in zip(flat, in_batched, strict=True))
     y = folded(*(a.reshape(-1, *a.shape[2:]) for a in flat))
     return y.reshape(axis_size, -1, *y.shape[1:]), True
 
