@@ -3,7 +3,8 @@
 Every method here maps the singular values of the last two axes of ``x`` to
 (approximately) one and keeps the singular vectors; leading axes are a batch
 (decomposed one matrix at a time on CPU, where several batched LAPACK calls
-in one program can deadlock jaxlib 0.10's thread pool; see ``_per_matrix``).
+in one program can deadlock jaxlib 0.10's thread pool; see ``_per_matrix``;
+``jax.vmap`` over ``polar`` folds the mapped axes into the same loop).
 Decompositions run in float32 or wider and the result has the input's dtype.
 
 The exact methods share one rule for small singular values: σ is mapped to
