@@ -111,6 +111,7 @@ def methods() -> dict[str, object]:
         out[f"{method}/{name}"] = _diff(jax.block_until_ready(fn()), ref)
       except Exception:  # reported, not raised: one bad check shows all
         out[f"{method}/{name}"] = traceback.format_exc()[-1500:]
+      print(f"  -> {out[f'{method}/{name}']}", file=sys.stderr, flush=True)
 
     ref = np.stack([p(x[i], keys[i]) for i in range(2)])
     check("vmap", lambda: jax.jit(jax.vmap(p))(x, keys), ref)
