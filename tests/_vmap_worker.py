@@ -137,7 +137,9 @@ def methods() -> dict[str, object]:
     sharded = jax.shard_map(jax.vmap(p), mesh=mesh,
                             in_specs=(jax.P("m"), jax.P("m")),
                             out_specs=jax.P("m"))
-    check("vmap_in_shard_map", lambda: jax.jit(sharded)(x, keys), ref)
+    on_mesh = jax.NamedSharding(mesh, jax.P("m"))
+    check("vmap_in_shard_map", lambda: jax.jit(sharded)(
+        jax.device_put(x, on_mesh), jax.device_put(keys, on_mesh)), ref)
     if method == "svd":
       check("shard_map_in_vmap", lambda: jax.jit(jax.vmap(
           jax.shard_map(p, mesh=mesh, in_specs=(jax.P(), jax.P()),
