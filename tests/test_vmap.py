@@ -100,7 +100,7 @@ def test_derivatives_still_work(methods_report, method):
   """The vmap rule must not cost ``jvp``/``grad`` (they worked before):
   ``jvp`` matches central differences, ``grad`` matches ``jvp``."""
   if method != "rsvd":  # rank 3 of 5: truncation makes h=1e-2 differences
-    # too coarse (0.05 off, also before the vmap rule); grad-vs-jvp below.
+    # too coarse (0.05 off); grad-vs-jvp below.
     assert methods_report[f"{method}/jvp_vs_fd"] <= 2e-3, methods_report
   if method != "qdwh":  # qdwh is a while_loop: never reverse-differentiable
     assert methods_report[f"{method}/grad_vs_jvp"] <= 1e-3, methods_report
