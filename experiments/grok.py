@@ -46,7 +46,15 @@ from tqdm import tqdm
 from experiments import _cli, _threads, models, optimizers, tasks
 from experiments._cli import integer, number
 from experiments.checkpoint import Checkpointer, CheckpointError, config_differences
-from experiments.train import Run, RunResult, TrainConfig, start, train
+from experiments.train import (
+  Run,
+  RunResult,
+  TrainConfig,
+  start,
+  start_vectorized,
+  train,
+  train_vectorized,
+)
 
 TASKS = ("mod_add", "mod_sub", "mod_mul", "mod_div", "parity", "mnist")
 MODELS = ("mlp", "transformer", "omnigrok")
@@ -200,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--seed", type=integer(0, _cli.SEED_MAX), default=0)
   run.add_argument(
     "--seeds", type=integer(1), default=1, help="number of seeds, from --seed on"
+  )
+  run.add_argument(
+    "--vectorize-seeds",
+    action="store_true",
+    help="train the --seeds of each optimizer in one vectorized (jax.vmap) program "
+    "instead of one after another (same results; no checkpoints, no --resume; "
+    "see docs/vectorized_seeds.md)",
   )
   run.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/grok"))
   run.add_argument(
@@ -418,6 +433,45 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
 
 def _checkpoint_dir(args: argparse.Namespace, name: str, seed: int) -> pathlib.Path:
   return args.out / "checkpoints" / f"{name}-seed{seed}"
+
+
+def run_vectorized(
+  args: argparse.Namespace, name: str, seeds: list[int]
+) -> list[RunResult]:
+  """:func:`run_one` for every seed of ``seeds`` in one vectorized program
+  (same data, weights, shuffles and results per seed; no checkpoints)."""
+  models_, optimizers_, datas, shuffle_keys = [], [], [], []
+  for seed in seeds:
+    data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
+    data = make_data(args, data_key)
+    model = make_model(args, data, init_key)
+    opt_config = optimizers.OptimizerConfig(
+      seed=seed, **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS}
+    )
+    models_.append(model)
+    optimizers_.append(optimizers.build(name, opt_config, type(model).first_kernel))
+    datas.append(data)
+    shuffle_keys.append(shuffle_key)
+  config = train_config(args)
+  if args.spectrum:
+    config = dataclasses.replace(config, spectrum_of=type(models_[0]).first_kernel)
+  compiled, runs, consts = start_vectorized(models_, optimizers_, datas, config)
+  bar = tqdm(
+    total=config.max_epochs,
+    desc=f"{name} s{seeds[0]}-{seeds[-1]}",
+    disable=args.no_progress,
+    dynamic_ncols=True,
+    mininterval=0.5,
+  )
+
+  def on_epoch(runs: list[Run]) -> None:
+    accs = [r.result.history.test_acc[-1] for r in runs]
+    bar.update(1)
+    bar.set_postfix_str(f"test acc {min(accs):.3f}-{max(accs):.3f}", refresh=False)
+
+  runs = train_vectorized(compiled, runs, shuffle_keys, consts, config, on_epoch)
+  bar.close()
+  return [r.result for r in runs]
 
 
 def _checkpointer(
@@ -651,6 +705,8 @@ def _print_summary(summary: dict[str, dict[str, Any]], target: float) -> None:
 def main(argv: list[str] | None = None) -> None:
   """Run every (optimizer, seed) pair and write results.json and curves.png."""
   args = resolve(parse_args(argv))
+  if args.vectorize_seeds and args.resume:
+    _error("argument --vectorize-seeds: not with --resume (it writes no checkpoints)")
   if args.resume:
     check_resume(args)
   problem = _cli.unwritable(args.out)  # before any training
@@ -662,7 +718,18 @@ def main(argv: list[str] | None = None) -> None:
     k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()
   }
   records = []
-  for seed in range(args.seed, args.seed + args.seeds):
+  seeds = list(range(args.seed, args.seed + args.seeds))
+  if args.vectorize_seeds:
+    print(f"--vectorize-seeds: seeds {seeds[0]}..{seeds[-1]} of each optimizer in "
+          "one program; no checkpoints")
+    for name in args.optimizers:
+      for seed, result in zip(seeds, run_vectorized(args, name, seeds), strict=True):
+        records.append(run_record(name, seed, result))
+      records.sort(key=lambda r: (r["seed"], args.optimizers.index(r["optimizer"])))
+      summary = summarize(records, args.optimizers)
+      results = {"config": config, "summary": summary, "runs": records}
+      (args.out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
+  for seed in seeds if not args.vectorize_seeds else []:
     for name in args.optimizers:
       records.append(run_record(name, seed, run_one(args, name, seed)))
       summary = summarize(records, args.optimizers)

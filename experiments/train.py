@@ -160,7 +160,27 @@ def make_epoch_fn(
   config: TrainConfig,
 ) -> tuple[EpochFn, Any]:
   """The (unjitted) epoch function and the model's initial parameters."""
+  body, params, consts = _epoch_body(model, optimizer, data, config)
+
+  def epoch(
+    params: Any, opt_state: Any, key: jax.Array, index: jax.Array
+  ) -> tuple[Any, Any, Metrics]:
+    return body(params, opt_state, key, index, consts)
+
+  return epoch, params
+
+
+def _epoch_body(
+  model: nnx.Module,
+  optimizer: optax.GradientTransformation,
+  data: Dataset,
+  config: TrainConfig,
+) -> tuple[Callable[..., tuple[Any, Any, Metrics]], Any, Any]:
+  """``epoch(params, opt_state, key, index, consts)``, the initial params,
+  and ``consts``: the data arrays and the model's non-parameter state, as
+  arguments so seeds (different splits and models) can be ``vmap``-ped."""
   graphdef, params, *rest = nnx.split(model, nnx.Param, ...)
+  consts = (rest, data.x_train, data.y_train, data.x_test, data.y_test)
   n_batches = data.x_train.shape[0] // config.batch_size
   if n_batches == 0:
     raise ValueError(
@@ -168,28 +188,44 @@ def make_epoch_fn(
       f"({data.x_train.shape[0]} examples)"
     )
 
-  def forward(params: Any, x: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, params, *rest)(x)
-
-  def objective(
-    params: Any, x: jax.Array, y: jax.Array
-  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    metrics = loss_and_accuracy(forward(params, x), y, data.num_classes, config.loss)
-    return metrics[0] + config.l2 * l2_penalty(params), metrics
-
-  def step(
-    carry: tuple[Any, Any], batch: jax.Array
-  ) -> tuple[tuple[Any, Any], tuple[jax.Array, jax.Array]]:
-    params, opt_state = carry
-    x, y = data.x_train[batch], data.y_train[batch]
-    grads, metrics = jax.grad(objective, has_aux=True)(params, x, y)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), metrics
-
   def epoch(
-    params: Any, opt_state: Any, key: jax.Array, index: jax.Array
+    params: Any, opt_state: Any, key: jax.Array, index: jax.Array, consts: Any
   ) -> tuple[Any, Any, Metrics]:
-    perm = jax.random.permutation(jax.random.fold_in(key, index), data.x_train.shape[0])
+    rest, x_train, y_train, x_test, y_test = consts
+
+    def forward(params: Any, x: jax.Array) -> jax.Array:
+      return nnx.merge(graphdef, params, *rest)(x)
+
+    def objective(
+      params: Any, x: jax.Array, y: jax.Array
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+      metrics = loss_and_accuracy(forward(params, x), y, data.num_classes, config.loss)
+      return metrics[0] + config.l2 * l2_penalty(params), metrics
+
+    def step(
+      carry: tuple[Any, Any], batch: jax.Array
+    ) -> tuple[tuple[Any, Any], tuple[jax.Array, jax.Array]]:
+      params, opt_state = carry
+      x, y = x_train[batch], y_train[batch]
+      grads, metrics = jax.grad(objective, has_aux=True)(params, x, y)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), metrics
+
+    def gradient_spectrum(params: Any) -> jax.Array:
+      head = slice(0, config.batch_size)
+      grads = jax.grad(objective, has_aux=True)(
+        params, x_train[head], y_train[head]
+      )[0]
+      kernel = [
+        g
+        for path, g in jax.tree_util.tree_leaves_with_path(grads)
+        if path_keys(path) == config.spectrum_of
+      ]
+      if len(kernel) != 1:
+        raise ValueError(f"spectrum_of={config.spectrum_of} names no parameter")
+      return spectrum(kernel[0]).singular_values
+
+    perm = jax.random.permutation(jax.random.fold_in(key, index), x_train.shape[0])
     batches = perm[: n_batches * config.batch_size].reshape(
       n_batches, config.batch_size
     )
@@ -197,11 +233,11 @@ def make_epoch_fn(
       step, (params, opt_state), batches
     )
     test_loss, test_acc = loss_and_accuracy(
-      forward(params, data.x_test), data.y_test, data.num_classes, config.loss
+      forward(params, x_test), y_test, data.num_classes, config.loss
     )
     if config.train_metrics == "full":
       train_loss, train_acc = loss_and_accuracy(
-        forward(params, data.x_train), data.y_train, data.num_classes, config.loss
+        forward(params, x_train), y_train, data.num_classes, config.loss
       )
     else:
       train_loss, train_acc = losses.mean(), accs.mean()
@@ -215,21 +251,7 @@ def make_epoch_fn(
       metrics["grad_spectrum"] = gradient_spectrum(params)
     return params, opt_state, metrics
 
-  def gradient_spectrum(params: Any) -> jax.Array:
-    head = slice(0, config.batch_size)
-    grads = jax.grad(objective, has_aux=True)(
-      params, data.x_train[head], data.y_train[head]
-    )[0]
-    kernel = [
-      g
-      for path, g in jax.tree_util.tree_leaves_with_path(grads)
-      if path_keys(path) == config.spectrum_of
-    ]
-    if len(kernel) != 1:
-      raise ValueError(f"spectrum_of={config.spectrum_of} names no parameter")
-    return spectrum(kernel[0]).singular_values
-
-  return epoch, params
+  return epoch, params, consts
 
 
 def egd_enabled(opt_state: Any) -> bool | None:
@@ -326,3 +348,124 @@ def _record(
     history.grad_spectrum.append([float(v) for v in metrics["grad_spectrum"]])
   history.seconds.append(seconds)
   history.egd_enabled.append(bool(egd_on))
+
+
+def _stack(trees: list[Any]) -> Any:
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _unstack(tree: Any, i: int) -> Any:
+  return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+def start_vectorized(
+  models: list[nnx.Module],
+  optimizers: list[optax.GradientTransformation],
+  datas: list[Dataset],
+  config: TrainConfig,
+) -> tuple[Callable[..., Any], list[Run], Any]:
+  """:func:`start` for several seeds of one configuration, in one program.
+
+  ``models``, ``optimizers`` and ``datas`` are one per seed (same
+  architecture, optimizer and data shapes; different initial weights,
+  optimizer seeds and data splits). Returns the compiled ``jax.vmap`` of the
+  epoch over seeds, a :class:`Run` per seed (unstacked initial state), and
+  the stacked per-seed constants (data and model state) the compiled
+  function takes as its last argument. ``optimizers[0].update`` serves every
+  seed: an optimizer's seed lives in its state (``egd``'s ``key``).
+  """
+  bodies = [
+    _epoch_body(m, o, d, config)
+    for m, o, d in zip(models, optimizers, datas, strict=True)
+  ]
+  body = bodies[0][0]
+  params = _stack([b[1] for b in bodies])
+  consts = _stack([b[2] for b in bodies])
+  opt_state = _stack([o.init(b[1]) for o, b in zip(optimizers, bodies, strict=True)])
+  t0 = time.perf_counter()
+  keys = jax.random.split(jax.random.key(0), len(models))
+  args = (params, opt_state, keys, jnp.zeros([], jnp.int32), consts)
+  compiled = jax.jit(jax.vmap(body, in_axes=(0, 0, 0, None, 0))).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
+  seconds = time.perf_counter() - t0
+  runs = [
+    Run(_unstack(params, i), _unstack(opt_state, i), RunResult(History(), seconds))
+    for i in range(len(models))
+  ]
+  return compiled, runs, consts
+
+
+def _set_egd_off(opt_state: Any, seed_index: int) -> Any:
+  """Stacked ``opt_state`` with EGD switched off for seed ``seed_index`` only."""
+  flags = optax.tree.get_all_with_path(opt_state, "enabled")
+  if not flags:
+    return opt_state
+  enabled = jnp.asarray(flags[0][1]).at[seed_index].set(False)
+  return optax.tree.set(opt_state, enabled=enabled)
+
+
+def train_vectorized(
+  compiled: Callable[..., Any],
+  runs: list[Run],
+  keys: list[jax.Array],
+  consts: Any,
+  config: TrainConfig,
+  on_epoch: Callable[[list[Run]], None] | None = None,
+) -> list[Run]:
+  """:func:`train` for the seeds of :func:`start_vectorized`, in lockstep.
+
+  Every epoch runs all seeds in one call; each seed's curves, stop rule
+  (target accuracy, ``max_epochs``) and EGD switch-off are its own, as in
+  :func:`train`, so its history and epochs to target equal a sequential
+  run's. A seed that has stopped is still computed (the program is one) but
+  no longer recorded; its ``params``/``opt_state`` are those at its stop.
+  Each epoch's recorded seconds are the wall time of the whole vectorized
+  epoch. Fresh runs only (no resume).
+  """
+  n = len(runs)
+  params = _stack([r.params for r in runs])
+  opt_state = _stack([r.opt_state for r in runs])
+  key = jnp.stack(keys)
+
+  def still_going(i: int) -> bool:
+    result = runs[i].result
+    return result.history.epochs < config.max_epochs and not (
+      config.stop_at_target and result.epochs_to_target is not None
+    )
+
+  active = [still_going(i) for i in range(n)]
+  epoch = 0
+  while any(active):
+    t0 = time.perf_counter()
+    params, opt_state, metrics = compiled(
+      params, opt_state, key, jnp.asarray(epoch, jnp.int32), consts
+    )
+    metrics = jax.device_get(metrics)
+    seconds = time.perf_counter() - t0
+    flags = optax.tree.get_all_with_path(opt_state, "enabled")
+    enabled = jax.device_get(flags[0][1]) if flags else None
+    epoch += 1
+    for i in range(n):
+      if not active[i]:
+        continue
+      result, history = runs[i].result, runs[i].result.history
+      mine = {k: v[i] for k, v in metrics.items()}
+      egd_on = None if enabled is None else bool(enabled[i])
+      _record(history, mine, seconds, egd_on)
+      if result.epochs_to_target is None and mine["test_acc"] >= config.target_accuracy:
+        result.epochs_to_target = history.epochs
+        result.seconds_to_target = sum(history.seconds)
+      if (
+        config.egd_off_at is not None
+        and result.egd_off_epoch is None
+        and mine["test_acc"] >= config.egd_off_at
+        and egd_on
+      ):
+        opt_state = _set_egd_off(opt_state, i)
+        result.egd_off_epoch = history.epochs
+      active[i] = still_going(i)
+      if not active[i]:
+        runs[i].params, runs[i].opt_state = _unstack(params, i), _unstack(opt_state, i)
+    if on_epoch is not None:
+      on_epoch(runs)
+  return runs

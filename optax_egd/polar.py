@@ -3,7 +3,8 @@
 Every method here maps the singular values of the last two axes of ``x`` to
 (approximately) one and keeps the singular vectors; leading axes are a batch
 (decomposed one matrix at a time on CPU, where several batched LAPACK calls
-in one program can deadlock jaxlib 0.10's thread pool; see ``_per_matrix``).
+in one program can deadlock jaxlib 0.10's thread pool; see ``_per_matrix``;
+``jax.vmap`` over ``polar`` folds the mapped axes into the same loop).
 Decompositions run in float32 or wider and the result has the input's dtype.
 
 The exact methods share one rule for small singular values: σ is mapped to
@@ -399,28 +400,82 @@ def _qdwh_filter(u: jax.Array) -> jax.Array:
   return _mm(u, 3.5 * gram2 - 2.5 * _mm(gram2, gram))
 
 
+def _stack_loop(f: Callable[..., jax.Array], *flat: jax.Array) -> jax.Array:
+  """``f`` over the leading axis of every array in ``flat``.
+
+  One matrix per LAPACK call on CPU (a ``lax.map`` loop); elsewhere ``vmap``.
+  """
+  if flat[0].shape[0] == 1:
+    return f(*(a[0] for a in flat))[None]
+  return jax.lax.platform_dependent(
+      *flat,
+      cpu=lambda *a: jax.lax.map(lambda b: f(*b), a),
+      default=jax.vmap(f))
+
+
+def _fold_mapped_axes(f: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """``_stack_loop(f, ...)`` with a ``vmap`` rule that keeps it unbatched.
+
+  ``jax.vmap`` of a ``lax.map`` batches the loop body, turning every LAPACK
+  call in it back into a batched call (the deadlock ``_per_matrix`` avoids).
+  The ``custom_vmap`` rule instead folds the mapped axis into the stack's
+  leading axis (``(k, B, ...)`` → ``(k·B, ...)``; unbatched arguments are
+  broadcast first) and calls the same function again, so the loop covers the
+  mapped models too; nested ``vmap`` (also inside ``scan``, ``shard_map`` or
+  ``jit``) folds one axis per level. Elsewhere it is the same ``vmap(f)`` as
+  before, reshaped: no cost on GPU/TPU.
+
+  ``custom_vmap`` has no reverse-mode rule, so the primal sits behind a
+  ``custom_jvp`` whose rule is the plain per-matrix ``jvp`` (a ``lax.map`` on
+  CPU, linearizable and transposable as before): ``grad``, ``jvp`` and
+  ``vmap`` all work; ``vmap`` of a derivative batches like it did before.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def folded(*flat: jax.Array) -> jax.Array:
+    return _stack_loop(f, *flat)
+
+  @folded.def_vmap
+  def _rule(axis_size: int, in_batched: list[bool], *flat: jax.Array):
+    flat = tuple(a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+                 for a, b in zip(flat, in_batched, strict=True))
+    y = folded(*(a.reshape(-1, *a.shape[2:]) for a in flat))
+    return y.reshape(axis_size, -1, *y.shape[1:]), True
+
+  @jax.custom_jvp
+  def stack(*flat: jax.Array) -> jax.Array:
+    return folded(*flat)
+
+  @stack.defjvp
+  def _jvp(primals, tangents):
+    return _stack_loop(lambda *pt: jax.jvp(f, pt[:len(pt) // 2], pt[len(pt) // 2:]),
+                       *primals, *tangents)
+
+  return stack
+
+
 def _per_matrix(f: Callable[..., jax.Array], x: jax.Array,
                 *args: jax.Array) -> jax.Array:
   """``f`` (written for one matrix) over the leading axes of ``x`` and ``args``.
+
+  ``args`` have the batch axes of ``x`` first (broadcast scalars explicitly);
+  ``f`` must close over static values only (pass traced ones in ``args``).
 
   On CPU one matrix per call, in a ``lax.map`` loop: with jax/jaxlib 0.10 a
   compiled program holding several *batched* LAPACK calls (SVD, eigh, QR of
   stacks, e.g. ``egd`` on a model with several matrix shapes) can deadlock
   XLA's CPU thread pool (5 of 8 runs of a four-stack repro hung; serializing
   the stacks did not help), whereas unbatched calls never did (0 of 28); see
-  "Fixed: CPU deadlock" in ``benchmarks/README.md``. Batched calls are up to
-  1.4x faster on 2 cores, but a step that hangs is worse. Elsewhere: ``vmap``
-  (one batched call).
+  "Fixed: CPU deadlock" in ``benchmarks/README.md`` and
+  ``docs/lapack_deadlock.md``. Batched calls are up to 1.4x faster on 2
+  cores, but a step that hangs is worse. ``jax.vmap`` over ``polar`` (e.g.
+  over models or seeds) folds the mapped axes into the same loop (see
+  ``_fold_mapped_axes``). Elsewhere: ``vmap`` (one batched call).
   """
   batch = x.shape[:-2]
-  if math.prod(batch) == 1:
-    one = f(x.reshape(x.shape[-2:]), *(a.reshape(a.shape[len(batch):]) for a in args))
-    return one.reshape(*batch, *one.shape)
-  flat = [a.reshape(-1, *a.shape[len(batch):]) for a in (x, *args)]
-  y = jax.lax.platform_dependent(
-      *flat,
-      cpu=lambda *a: jax.lax.map(lambda b: f(*b), a),
-      default=jax.vmap(f))
+  n = math.prod(batch)
+  flat = [a.reshape(n, *a.shape[len(batch):]) for a in (x, *args)]
+  y = _fold_mapped_axes(f)(*flat)
   return y.reshape(*batch, *y.shape[1:])
 
 
@@ -514,15 +569,14 @@ def polar(
                 m, n)
     omega = jax.random.normal(key, (*batch, n, width), x.dtype)
     iters = DEFAULT_POWER_ITERS if power_iters is None else power_iters
-    rsvd = functools.partial(_polar_rsvd, rtol=rtol, rank=rank, power_iters=iters)
-    y = _per_matrix(rsvd, x, omega)
+    rsvd = functools.partial(_polar_rsvd, rank=rank, power_iters=iters)
+    y = _per_matrix(rsvd, x, omega, jnp.broadcast_to(rtol, tuple(batch)))
   else:
     # The other methods are written for a wide matrix (m <= n).
     wide = _t(x) if tall else x
-    if method == "svd":
-      y = _per_matrix(functools.partial(_polar_svd, rtol=rtol), wide)
-    elif method == "eigh":
-      y = _per_matrix(functools.partial(_polar_eigh, rtol=rtol), wide)
+    if method in ("svd", "eigh"):
+      one = _polar_svd if method == "svd" else _polar_eigh
+      y = _per_matrix(one, wide, jnp.broadcast_to(rtol, wide.shape[:-2]))
     elif method == "qdwh":
       y = _per_matrix(functools.partial(_polar_qdwh, rtol=qdwh_rtol), wide)
     else:
