@@ -127,3 +127,21 @@ def test_readme_names_the_paper_and_keeps_the_two_commands_first():
   assert "asahebpa/Egalitarian-Gradient-Descent" in head
   first_block = text.split("```")[1]
   assert "make demo" in first_block and "make test" in first_block
+
+
+def _python_blocks(page: pathlib.Path) -> list[str]:
+  return re.findall(r"^```python\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL)
+
+
+_PAGES_WITH_CODE = sorted(p for p in DOCS.rglob("*.md")
+                          if "_build" not in p.parts and _python_blocks(p))
+
+
+@pytest.mark.parametrize("page", _PAGES_WITH_CODE,
+                         ids=[p.relative_to(DOCS).as_posix() for p in _PAGES_WITH_CODE])
+def test_python_examples_in_the_docs_run(page: pathlib.Path, capsys):
+  """Every ```python block of a docs page runs, in order, in one namespace."""
+  namespace: dict = {"__name__": f"docs_{page.stem}"}
+  for block in _python_blocks(page):
+    exec(compile(block, str(page), "exec"), namespace)  # noqa: S102
+  capsys.readouterr()
