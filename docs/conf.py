@@ -61,7 +61,8 @@ def _pending_doc(app, env, node, contnode):
   if node.get("reftype") != "doc":
     return None
   target = node["reftarget"].rsplit("/", 1)[-1]
-  if target in PENDING_DOCS and not (pathlib.Path(app.srcdir) / f"{target}.md").exists():
+  page = pathlib.Path(app.srcdir) / f"{target}.md"
+  if target in PENDING_DOCS and not page.exists():
     return contnode
   return None
 

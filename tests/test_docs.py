@@ -76,8 +76,8 @@ def test_citation_cff_cites_the_paper_and_this_software():
   assert paper["url"] == OPENREVIEW
   assert paper["year"] == 2026 and "ICLR 2026" in paper["conference"]["name"]
   assert all(a.get("family-names") for a in paper["authors"])
-  official = [r for r in cff.get("references", [])
-              if "asahebpa/Egalitarian-Gradient-Descent" in r.get("repository-code", "")]
+  official = [r for r in cff.get("references", []) if "asahebpa/Egalitarian-Gradient"
+              "-Descent" in r.get("repository-code", "")]
   assert official
 
 
@@ -130,7 +130,8 @@ def test_readme_names_the_paper_and_keeps_the_two_commands_first():
 
 
 def _python_blocks(page: pathlib.Path) -> list[str]:
-  return re.findall(r"^```python\n(.*?)^```", page.read_text(), re.MULTILINE | re.DOTALL)
+  return re.findall(r"^```python\n(.*?)^```", page.read_text(),
+                    re.MULTILINE | re.DOTALL)
 
 
 _PAGES_WITH_CODE = sorted(p for p in DOCS.rglob("*.md")
