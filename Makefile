@@ -9,7 +9,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.experiments: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[experiments,dev]"
+	$(BIN)/python -m pip install -q -e ".[experiments,dev,docs]"
 	touch $@
 
 demo: $(VENV)/.experiments
@@ -30,8 +30,15 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check optax_egd
 	$(BIN)/mypy optax_egd
 
-test: lint
+test: lint docs
 	$(BIN)/python -m pytest
+
+# The HTML site in docs/_build/html. -W: a warning (broken link, bad docstring,
+# missing page) fails the build; -E: re-read every page, so docstring changes
+# are picked up. The notebook is rendered from its stored outputs, not run.
+docs: $(VENV)/.dev
+	$(BIN)/sphinx-build -W --keep-going -E -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 # `make bench` writes into a new folder runs/bench/<date>-<time> (or BENCH_OUT);
 # `make bench-refresh` rewrites the committed references in benchmarks/results.
@@ -73,4 +80,4 @@ test-floor: $(FLOOR_VENV)/.installed
 	$(FLOOR_VENV)/bin/python -m experiments.demo
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) build dist docs/_build *.egg-info .pytest_cache .mypy_cache .ruff_cache
