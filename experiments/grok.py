@@ -18,6 +18,16 @@ continues them exactly.
 Hyperparameters left unset take the papers' values for the task: EGD's for
 modular arithmetic with the MLP and for sparse parity, Grokfast's for the
 transformer, Omnigrok's for MNIST.
+
+``--preset grokfast`` (the same as ``--task grokfast_mul``) is Grokfast's
+modular-multiplication experiment (``ironjr/grokfast``'s ``main.py``) in
+every detail: ``x·y mod 97`` with ``y ≠ 0`` (9,312 equations, half for
+training), its 2-layer decoder (:class:`experiments.models.GrokfastDecoder`)
+with PyTorch's default initialization, batch 512 with the last partial batch
+kept (10 steps an epoch), a 10-step linear warmup, Adam β = (0.9, 0.98),
+AdamW's decay on every parameter. Its default optimizer is the shipped EGD
+recipe (``experiments.optimizers.GROKFAST_DEFAULT``); each run reports
+``steps_to_target`` (optimizer steps).
 """
 
 from __future__ import annotations
@@ -41,13 +51,27 @@ from experiments import _threads, models, optimizers, tasks
 from experiments.checkpoint import Checkpointer
 from experiments.train import Run, RunResult, TrainConfig, start, train
 
-TASKS = ("mod_add", "mod_sub", "mod_mul", "mod_div", "parity", "mnist")
-MODELS = ("mlp", "transformer", "omnigrok")
+TASKS = ("mod_add", "mod_sub", "mod_mul", "mod_div", "grokfast_mul", "parity", "mnist")
+MODELS = ("mlp", "transformer", "grokfast", "omnigrok")
+PRESETS = {"grokfast": "grokfast_mul"}
 
 # Hyperparameters per task (and model) from the papers; see the module docstring.
 _MODULAR_MLP = dict(hidden=512, lr=0.7, l2=1e-4, batch_size=512, loss="cross_entropy")
 _MODULAR_TRANSFORMER = dict(
   l2=0.0, batch_size=512, loss="cross_entropy", warmup_steps=10
+)
+# Grokfast's main.py (its own default: Adam without weight decay).
+_GROKFAST = dict(
+  l2=0.0,
+  batch_size=512,
+  drop_last=False,
+  loss="cross_entropy",
+  warmup_steps=10,
+  target_accuracy=0.95,
+  optimizer=optimizers.GROKFAST_DEFAULT,
+  # egdm's learning rate and matrix weight decay (the sweep's best).
+  lr=0.06,
+  weight_decay=0.3,
 )
 _PARITY = {
   2: dict(hidden=50, lr=1e-2, l2=1e-3),
@@ -65,7 +89,13 @@ _MNIST = dict(
   n_train=1000,
 )
 _FALLBACK = dict(
-  hidden=512, l2=0.0, batch_size=512, loss="cross_entropy", target_accuracy=0.95
+  hidden=512,
+  l2=0.0,
+  batch_size=512,
+  drop_last=True,
+  loss="cross_entropy",
+  target_accuracy=0.95,
+  optimizer="egd",
 )
 _OPTIMIZER_FIELDS = {
   f.name: int if "int" in str(f.type) else float
@@ -78,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """Parse the command line; task-dependent options stay None until :func:`resolve`."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   task = p.add_argument_group("task")
+  task.add_argument(
+    "--preset",
+    choices=tuple(PRESETS),
+    help="grokfast: Grokfast's modular multiplication and transformer "
+    "(sets --task grokfast_mul)",
+  )
   task.add_argument("--task", choices=TASKS, default="mod_add")
   task.add_argument("--p", type=int, default=97, help="prime modulus")
   task.add_argument("--train-fraction", type=float, default=0.5)
@@ -96,7 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   model.add_argument(
     "--model",
     choices=MODELS,
-    help="default: mlp, transformer for tokens, omnigrok for mnist",
+    help="default: mlp, transformer for tokens, grokfast for grokfast_mul, "
+    "omnigrok for mnist",
   )
   model.add_argument("--hidden", type=int, help="MLP hidden width")
   model.add_argument("--layers", type=int, default=2, help="transformer layers")
@@ -110,8 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   opt = p.add_argument_group("optimization")
   opt.add_argument(
     "--optimizer",
-    default="egd",
-    help=f"comma-separated, from: {', '.join(optimizers.NAMES)}",
+    help=f"comma-separated, from: {', '.join(optimizers.NAMES)} (default egd; "
+    f"{optimizers.GROKFAST_DEFAULT} for --preset grokfast)",
   )
   for name, kind in _OPTIMIZER_FIELDS.items():
     default = getattr(optimizers.OptimizerConfig(), name)
@@ -167,6 +204,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def task_defaults(args: argparse.Namespace) -> dict[str, Any]:
   """The papers' hyperparameters for ``args.task`` and ``args.model``."""
+  if args.task == "grokfast_mul":
+    return _GROKFAST
   if args.task.startswith("mod_"):
     return _MODULAR_MLP if args.model == "mlp" else _MODULAR_TRANSFORMER
   if args.task == "parity":
@@ -178,8 +217,10 @@ def task_defaults(args: argparse.Namespace) -> dict[str, Any]:
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
   """Fill every unset option with the task's default."""
+  if getattr(args, "preset", None) is not None:
+    args.task = PRESETS[args.preset]
   if args.model is None:
-    args.model = {"mnist": "omnigrok"}.get(
+    args.model = {"mnist": "omnigrok", "grokfast_mul": "grokfast"}.get(
       args.task, "transformer" if args.encoding == "tokens" else "mlp"
     )
   for name, value in (_FALLBACK | task_defaults(args)).items():
@@ -201,6 +242,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 def make_data(args: argparse.Namespace, key: jax.Array) -> tasks.Dataset:
   """The task's data set."""
+  if args.task == "grokfast_mul":
+    return tasks.grokfast_multiplication(key, args.p, args.train_fraction)
   if args.task.startswith("mod_"):
     op = args.task.removeprefix("mod_")
     return tasks.modular_arithmetic(key, op, args.p, args.train_fraction, args.encoding)
@@ -215,6 +258,16 @@ def make_model(
   """The model, initialized from ``key``."""
   rngs = nnx.Rngs(params=key)
   out = data.num_classes or 1
+  if args.model == "grokfast":
+    if data.vocab_size != data.num_classes:
+      raise SystemExit("--model grokfast needs --task grokfast_mul")
+    return models.GrokfastDecoder(
+      data.vocab_size,
+      d_model=args.d_model,
+      num_heads=args.heads,
+      num_layers=args.layers,
+      rngs=rngs,
+    )
   if args.model == "transformer":
     if not data.vocab_size:
       raise SystemExit("the transformer needs token inputs: --encoding tokens")
@@ -253,6 +306,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
   """The loop's configuration from the (resolved) options."""
   return TrainConfig(
     batch_size=args.batch_size,
+    drop_last=args.drop_last,
     l2=args.l2,
     loss=args.loss,
     max_epochs=args.max_epochs,
@@ -325,6 +379,8 @@ def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
     "optimizer": name,
     "seed": seed,
     "epochs_to_target": result.epochs_to_target,
+    "steps_to_target": result.steps_to_target,
+    "steps_per_epoch": result.steps_per_epoch,
     "seconds_to_target": result.seconds_to_target,
     "compile_seconds": result.compile_seconds,
     "egd_off_epoch": result.egd_off_epoch,
@@ -355,6 +411,7 @@ def summarize(
   for name in optimizer_names:
     runs = [r for r in records if r["optimizer"] == name]
     epochs = [r["epochs_to_target"] for r in runs if r["epochs_to_target"] is not None]
+    steps = [r["steps_to_target"] for r in runs if r.get("steps_to_target") is not None]
     seconds = [
       r["seconds_to_target"] for r in runs if r["seconds_to_target"] is not None
     ]
@@ -363,6 +420,8 @@ def summarize(
       "reached": len(epochs),
       "epochs_median": statistics.median(epochs) if epochs else None,
       "epochs_range": [min(epochs), max(epochs)] if epochs else None,
+      "steps_median": statistics.median(steps) if steps else None,
+      "steps_range": [min(steps), max(steps)] if steps else None,
       "seconds_median": statistics.median(seconds) if seconds else None,
       "seconds_range": [min(seconds), max(seconds)] if seconds else None,
     }
@@ -443,11 +502,14 @@ def plot_spectrum(
 
 def _print_summary(summary: dict[str, dict[str, Any]], target: float) -> None:
   header = f"epochs to {target:.0%} (median [range])"
-  print(f"{'optimizer':24s} reached  {header:31s} seconds (median)")
+  steps_header = "steps (median [range])"
+  print(f"{'optimizer':24s} reached  {header:31s} {steps_header:25s} seconds")
   for name, s in summary.items():
     epochs = f"{s['epochs_median']} {s['epochs_range']}" if s["reached"] else "-"
+    steps = f"{s['steps_median']} {s['steps_range']}" if s["reached"] else "-"
     seconds = f"{s['seconds_median']:.2f}" if s["reached"] else "-"
-    print(f"{name:24s} {s['reached']}/{s['runs']:<5d} {epochs:31s} {seconds}")
+    reached = f"{s['reached']}/{s['runs']:<5d}"
+    print(f"{name:24s} {reached} {epochs:31s} {steps:25s} {seconds}")
 
 
 def main(argv: list[str] | None = None) -> None:
