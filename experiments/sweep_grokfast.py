@@ -131,6 +131,9 @@ CONFIGS: dict[str, tuple[str, Factory]] = {
   "adamw-wd1": ("optax.adamw(lr, 0.9, 0.98, weight_decay=1.0)", _adamw(1.0)),
   "adamw-wd0": ("optax.adamw(lr, 0.9, 0.98, weight_decay=0)", _adamw(0.0)),
   "egd-sgd": ("chain(egd(), sgd(lr))", _egd_sgd),
+  "egdm-rtol0.02": ("optax_egd.egdm(lr, rtol=0.02)", _egdm(rtol=0.02)),
+  "egdm-rtol0.05": ("optax_egd.egdm(lr, rtol=0.05)", _egdm(rtol=0.05)),
+  "egdm-wd0.03": ("optax_egd.egdm(lr, weight_decay=0.03)", _egdm(weight_decay=0.03)),
   "egdm-rtol0.02-wd0.3": (
     "optax_egd.egdm(lr, weight_decay=0.3, rtol=0.02)",
     _egdm(weight_decay=0.3, rtol=0.02),
@@ -241,19 +244,48 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return rows
 
 
+def markdown(record: dict[str, Any]) -> str:
+  """The sweep as a markdown table: one row per (config, lr), every seed."""
+  lines = [
+    "| configuration | lr | steps to 95% (seed: steps) | median |",
+    "|---|---|---|---|",
+  ]
+  for row in sorted(record["summary"], key=lambda r: (r["config"], r["lr"])):
+    cap = row["cap_steps"]
+    cells = ", ".join(
+      f"{seed}: {steps if steps is not None else f'> {cap}'}"
+      for seed, steps in zip(row["seeds"], row["steps"], strict=True)
+    )
+    if len(row["seeds"]) < 3:
+      median = "–"
+    else:
+      median = f"{row['median']:g}" if row["median"] is not None else f"> {cap}"
+    lines.append(f"| `{row['config']}` | {row['lr']:g} | {cells} | {median} |")
+  return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument(
+    "--report",
+    type=pathlib.Path,
+    help="print the sweep file REPORT as a markdown table and exit",
+  )
+  p.add_argument(
     "--configs",
-    required=True,
     help=f"comma-separated, NAME (at every --lrs) or NAME@LR: {', '.join(CONFIGS)}",
   )
   p.add_argument("--lrs", default="", help="comma-separated learning rates")
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--seed", type=int, default=0, help="first seed")
   p.add_argument("--max-steps", type=int, default=1500)
-  p.add_argument("--out", type=pathlib.Path, required=True)
+  p.add_argument("--out", type=pathlib.Path)
   args = p.parse_args(argv)
+  if args.report is not None:
+    print(markdown(json.loads(args.report.read_text())))
+    return
+  if not args.configs or args.out is None:
+    p.error("--configs and --out are required (unless --report)")
   lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else []
   plan: list[tuple[str, float]] = []
   for entry in (e.strip() for e in args.configs.split(",") if e.strip()):
