@@ -6,6 +6,11 @@
 * :class:`Transformer`: a small decoder-only transformer (pre-LayerNorm
   blocks, causal attention, GELU MLP of width ``4·d_model``, learned token and
   position embeddings, bias-free head) that predicts from the last position.
+* :class:`GrokfastDecoder`: Grokfast's modular-arithmetic transformer
+  (``ironjr/grokfast``'s ``main.py``) with PyTorch's default initialization:
+  its residual layout ``x = ln1(x); x = x + attn(x); x = x + mlp(ln2(x))``, a
+  fused QKV projection, exact GELU, LayerNorm ε 1e-5, logits over the whole
+  vocabulary at the last position.
 * :class:`OmnigrokMLP`: Omnigrok's MNIST network (``depth`` linear layers of
   width ``width``, PyTorch's default ``nn.Linear`` initialization times
   ``init_scale``).
@@ -182,7 +187,137 @@ class OmnigrokMLP(nnx.Module):
     return self.layers[-1](x)
 
 
-Model = MLP | Transformer | OmnigrokMLP
+TORCH_EMBED_INIT = nnx.initializers.normal(1.0)
+TORCH_LN_EPS = 1e-5
+
+
+class CausalSelfAttention(nnx.Module):
+  """``torch.nn.MultiheadAttention`` with a causal mask, in Flax NNX.
+
+  One fused ``qkv`` kernel ``(d_model, 3·d_model)`` (query, key, value
+  columns in that order) initialized Xavier-uniform as PyTorch's
+  ``in_proj_weight``, zero ``qkv`` and ``out`` biases, and the ``out`` kernel
+  ``U(±1/√d_model)`` (PyTorch's ``nn.Linear`` default). All kernels are 2-D.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs) -> None:
+    if d_model % num_heads:
+      raise ValueError(f"d_model {d_model} is not a multiple of num_heads {num_heads}")
+    self.num_heads = num_heads
+    self.qkv = nnx.Linear(
+      d_model,
+      3 * d_model,
+      kernel_init=nnx.initializers.xavier_uniform(),
+      bias_init=ZEROS,
+      rngs=rngs,
+    )
+    self.out = nnx.Linear(
+      d_model, d_model, kernel_init=_torch_kernel_init(1.0), bias_init=ZEROS, rngs=rngs
+    )
+
+  def __call__(self, x: jax.Array, last_only: bool = False) -> jax.Array:
+    """Causal self-attention over ``x`` ``(..., T, d)``; with ``last_only``
+    only the last position's output ``(..., 1, d)``."""
+    *batch, length, d = x.shape
+    heads, head_dim = self.num_heads, d // self.num_heads
+    q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+    split = lambda t: t.reshape(*t.shape[:-1], heads, head_dim)
+    q, k, v = split(q), split(k), split(v)
+    mask = jnp.tril(jnp.ones((length, length), jnp.bool_))
+    if last_only:
+      q, mask = q[..., -1:, :, :], mask[-1:]
+    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(head_dim)
+    scores = jnp.where(mask, scores, -jnp.inf)
+    weights = jax.nn.softmax(scores, axis=-1)
+    y = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+    return self.out(y.reshape(*y.shape[:-2], d))
+
+
+class GrokfastBlock(nnx.Module):
+  """Grokfast's block: ``x = ln1(x); x = x + attn(x); x = x + mlp(ln2(x))``.
+
+  The first residual adds to the *normalized* input, as in
+  ``ironjr/grokfast``'s ``Block.forward``; the MLP is
+  ``Linear(d, 4d) → GELU (exact) → Linear(4d, d)`` with PyTorch's default
+  ``U(±1/√fan_in)`` kernels and biases.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs) -> None:
+    self.ln1 = nnx.LayerNorm(d_model, epsilon=TORCH_LN_EPS, rngs=rngs)
+    self.attn = CausalSelfAttention(d_model, num_heads, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(d_model, epsilon=TORCH_LN_EPS, rngs=rngs)
+    self.mlp_in = nnx.Linear(
+      d_model,
+      4 * d_model,
+      kernel_init=_torch_kernel_init(1.0),
+      bias_init=_torch_bias_init(d_model, 1.0),
+      rngs=rngs,
+    )
+    self.mlp_out = nnx.Linear(
+      4 * d_model,
+      d_model,
+      kernel_init=_torch_kernel_init(1.0),
+      bias_init=_torch_bias_init(4 * d_model, 1.0),
+      rngs=rngs,
+    )
+
+  def __call__(self, x: jax.Array, last_only: bool = False) -> jax.Array:
+    x = self.ln1(x)
+    a = self.attn(x, last_only)
+    x = (x[..., -1:, :] if last_only else x) + a
+    return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.ln2(x)), approximate=False))
+
+
+class GrokfastDecoder(nnx.Module):
+  """Grokfast's causal decoder (``ironjr/grokfast`` ``main.py``'s ``Decoder``).
+
+  Token and position embeddings ``N(0, 1)`` (PyTorch's ``nn.Embedding``), a
+  ``max_len``-row position table (Grokfast: 5, of which the 4 input positions
+  are used), ``num_layers`` :class:`GrokfastBlock`, a final LayerNorm and a
+  bias-free head over the whole vocabulary (``num_tokens`` logits), read at
+  the last input position (the ``=`` token). The last block computes the last
+  position only (the only one the loss reads; same result).
+  """
+
+  first_kernel: ClassVar[Path] = ("blocks", 0, "mlp_in", "kernel")
+
+  def __init__(
+    self,
+    num_tokens: int,
+    *,
+    max_len: int = 5,
+    d_model: int = 128,
+    num_heads: int = 4,
+    num_layers: int = 2,
+    rngs: nnx.Rngs,
+  ) -> None:
+    self.token_embed = nnx.Embed(
+      num_tokens, d_model, embedding_init=TORCH_EMBED_INIT, rngs=rngs
+    )
+    self.pos_embed = nnx.Embed(
+      max_len, d_model, embedding_init=TORCH_EMBED_INIT, rngs=rngs
+    )
+    self.blocks = nnx.List(
+      [GrokfastBlock(d_model, num_heads, rngs=rngs) for _ in range(num_layers)]
+    )
+    self.ln_final = nnx.LayerNorm(d_model, epsilon=TORCH_LN_EPS, rngs=rngs)
+    self.head = nnx.Linear(
+      d_model,
+      num_tokens,
+      use_bias=False,
+      kernel_init=_torch_kernel_init(1.0),
+      rngs=rngs,
+    )
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    length = tokens.shape[-1]
+    h = self.token_embed(tokens) + self.pos_embed(jnp.arange(length))
+    for i, block in enumerate(self.blocks):
+      h = block(h, last_only=i == len(self.blocks) - 1)
+    return self.head(self.ln_final(h[..., -1, :]))
+
+
+Model = MLP | Transformer | GrokfastDecoder | OmnigrokMLP
 
 
 def path_keys(path: tuple[Any, ...]) -> Path:

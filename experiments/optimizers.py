@@ -1,6 +1,9 @@
 """Optimizers of the grokking experiments, built by name.
 
-Plain optimizers: ``sgd``, ``adamw``, ``muon`` (``optax.contrib.muon``).
+Plain optimizers: ``sgd``, ``adamw``, ``muon`` (``optax.contrib.muon``),
+``egdm`` (``optax_egd.egdm``: EGD of a Nesterov momentum buffer with Muon's
+shape scaling and ``weight_decay`` on every 2-D leaf, AdamW at the same lr on
+the rest; the default of ``--preset grokfast``).
 EGD on a smoothed direction, as Muon orthogonalizes momentum (every kernel
 gets ``lr`` times a unit-singular-value update):
 
@@ -66,9 +69,12 @@ PRECONDITIONERS = (
   "orthograd",
 )
 COMPOSED = ("adam-egd", "momentum-egd", "momentum-egd-first-layer")
+GROKFAST_DEFAULT = "egdm"
+EGDM_MOMENTUM = 0.95
 NAMES = (
   *BASES,
   "muon",
+  "egdm",
   *COMPOSED,
   *PRECONDITIONERS,
   *(f"{p}-adamw" for p in PRECONDITIONERS),
@@ -86,6 +92,7 @@ class OptimizerConfig:
   b1: float = 0.9
   b2: float = 0.98
   adam_weight_decay: float = 0.0
+  weight_decay: float = 0.0
   muon_lr: float = 0.02
   rank: int = 128
   ns_steps: int | None = None
@@ -234,6 +241,13 @@ def build(
       config.schedule(config.muon_lr),
       weight_decay=config.adam_weight_decay,
       muon_weight_dimension_numbers=matrix_dimension_numbers,
+    )
+  if name == "egdm":
+    return optax_egd.egdm(
+      config.schedule(config.lr),
+      momentum=config.momentum or EGDM_MOMENTUM,
+      weight_decay=config.weight_decay,
+      key=config.seed,
     )
   if name in COMPOSED:
     return egd_on_smoothed(name, config, first_kernel)

@@ -11,6 +11,11 @@ key-determined train/test split.
   row gather, which is what the one-hot matmul reduces to), or the token
   sequence ``a ∘ b =`` (for a transformer; vocabulary ``p`` numbers, one token
   per operation and ``=``).
+* Grokfast's modular multiplication (:func:`grokfast_multiplication`):
+  ``x · y mod p`` for ``0 ≤ x < p``, ``0 < y < p`` (``p·(p-1)`` equations),
+  tokens ``x op y =`` with ``=`` = ``p`` and ``op`` = ``p + 1`` and the label
+  read from the whole ``p + 2``-token vocabulary, as ``ironjr/grokfast``'s
+  ``multiplication_mod_p_data``.
 * Sparse parity ``(n, k)``: ±1 inputs, label the product of ``k`` secret
   coordinates, as a ±1 float target.
 * MNIST (Omnigrok's 1000-image training set): read from the 5000 MNIST images
@@ -148,6 +153,32 @@ def modular_arithmetic(
   y = jnp.asarray(c, jnp.int32)
   train, test = split_indices(key, len(c), train_fraction)
   return Dataset(f"mod_{op}", x[train], y[train], x[test], y[test], p, features, vocab)
+
+
+def grokfast_multiplication(
+  key: jax.Array, p: int = 97, train_fraction: float = 0.5
+) -> Dataset:
+  """Grokfast's task: ``x · y mod p`` with ``y ≠ 0``, a random split.
+
+  ``ironjr/grokfast``'s ``multiplication_mod_p_data``: all ``p·(p-1)`` pairs
+  (9,312 for p = 97), token sequences ``x, op, y, =`` with ``=`` = ``p`` and
+  ``op`` = ``p + 1`` (vocabulary ``p + 2``), and the answer as a class of that
+  whole vocabulary (``num_classes = p + 2``: the model's head covers every
+  token, as Grokfast's does). ``train_fraction`` 0.5 splits the equations in
+  two halves (Grokfast's ``randperm(n).split(n // 2)``).
+  """
+  if not is_prime(p):
+    raise ValueError(f"p must be prime, got {p}")
+  grid_x, grid_y = np.meshgrid(np.arange(p), np.arange(1, p), indexing="ij")
+  x, y = grid_x.ravel(), grid_y.ravel()
+  eq, op = np.full_like(x, p), np.full_like(x, p + 1)
+  tokens = jnp.asarray(np.stack([x, op, y, eq], axis=-1), jnp.int32)
+  labels = jnp.asarray((x * y) % p, jnp.int32)
+  train, test = split_indices(key, len(labels), train_fraction)
+  return Dataset(
+    "grokfast_mul", tokens[train], labels[train], tokens[test], labels[test],
+    p + 2, 0, p + 2,
+  )
 
 
 def parity_secret(key: jax.Array, n: int, k: int) -> jax.Array:

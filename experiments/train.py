@@ -4,7 +4,9 @@
 (params, opt_state, metrics)``: it shuffles the training set with
 ``jax.random.fold_in(key, epoch)``, runs every full minibatch with
 ``jax.lax.scan`` (the last partial batch is dropped, as the official EGD
-scripts do with ``len(train) // batch_size`` steps), then evaluates loss and
+scripts do with ``len(train) // batch_size`` steps, unless
+``TrainConfig.drop_last`` is False: then it is one more step, on the mean
+loss of its examples, as Grokfast's ``torch.split`` loop does), then evaluates loss and
 accuracy on the whole test set on device. Train loss and accuracy are by default the
 means over the epoch's minibatches, each taken by the step's own forward pass
 before its update (as the official transformer script does): they cost
@@ -54,7 +56,10 @@ class TrainConfig:
   """Hyperparameters of the loop (the optimizer is built separately).
 
   Attributes:
-    batch_size: minibatch size; ``len(train) // batch_size`` steps per epoch.
+    batch_size: minibatch size; ``len(train) // batch_size`` steps per epoch
+      (``ceil(len(train) / batch_size)`` when ``drop_last`` is False).
+    drop_last: drop the last partial batch of every epoch (the official EGD
+      scripts); False keeps it as a smaller step (Grokfast).
     l2: coefficient of the ``0.5·l2·Σ‖W‖²`` term added to the loss.
     loss: ``"cross_entropy"`` on class labels, or ``"mse"`` on one-hot
       targets (on the ±1 target for a sign task).
@@ -74,6 +79,7 @@ class TrainConfig:
   """
 
   batch_size: int = 512
+  drop_last: bool = True
   l2: float = 1e-4
   loss: LossKind = "cross_entropy"
   max_epochs: int = 2000
@@ -116,13 +122,49 @@ class RunResult:
   (training, evaluation and the host read of the metrics; compilation and the
   warm-up epoch are in ``compile_seconds``).
   ``egd_off_epoch`` is the epoch after which EGD was switched off.
+  ``steps_per_epoch`` is the number of optimizer steps in an epoch.
   """
 
   history: History
   compile_seconds: float
+  steps_per_epoch: int = 0
   epochs_to_target: int | None = None
   seconds_to_target: float | None = None
   egd_off_epoch: int | None = None
+
+  @property
+  def steps_to_target(self) -> int | None:
+    """Optimizer steps until the target accuracy (``epochs_to_target`` times
+    ``steps_per_epoch``)."""
+    if self.epochs_to_target is None:
+      return None
+    return self.epochs_to_target * self.steps_per_epoch
+
+
+def steps_per_epoch(n_train: int, config: TrainConfig) -> int:
+  """Optimizer steps in one epoch over ``n_train`` examples."""
+  if config.drop_last:
+    return n_train // config.batch_size
+  return -(-n_train // config.batch_size)
+
+
+def epoch_batches(
+  key: jax.Array, n_train: int, config: TrainConfig
+) -> tuple[jax.Array, jax.Array]:
+  """One epoch's minibatches: example indices and 0/1 weights, both
+  ``(steps_per_epoch, batch_size)``.
+
+  A random permutation of the training set cut into batches; without
+  ``drop_last`` the last batch is padded with example 0 at weight 0, so its
+  loss is the mean over its real examples.
+  """
+  n_batches = steps_per_epoch(n_train, config)
+  padded = n_batches * config.batch_size
+  perm = jax.random.permutation(key, n_train)
+  perm = jnp.pad(perm, (0, max(padded - n_train, 0)))[:padded]
+  weights = (jnp.arange(padded) < n_train).astype(jnp.float32)
+  shape = (n_batches, config.batch_size)
+  return perm.reshape(shape), weights.reshape(shape)
 
 
 def l2_penalty(params: Any) -> jax.Array:
@@ -134,23 +176,33 @@ def l2_penalty(params: Any) -> jax.Array:
 
 
 def loss_and_accuracy(
-  outputs: jax.Array, labels: jax.Array, num_classes: int, loss: LossKind
+  outputs: jax.Array,
+  labels: jax.Array,
+  num_classes: int,
+  loss: LossKind,
+  weights: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Mean data loss and accuracy of a batch.
 
   ``num_classes == 0`` is a sign task: ``outputs`` and ``labels`` are ±1
   scalars per example and a prediction is right when their signs agree.
+  ``weights`` (0/1 per example) restricts both means to the examples it marks.
   """
   if num_classes == 0:
     if loss != "mse":
       raise ValueError("a ±1 (sign) task needs loss='mse'")
-    return jnp.mean((outputs - labels) ** 2), jnp.mean(outputs * labels > 0)
-  accuracy = jnp.mean(jnp.argmax(outputs, axis=-1) == labels)
-  if loss == "cross_entropy":
-    value = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+    value, correct = (outputs - labels) ** 2, outputs * labels > 0
   else:
-    value = optax.squared_error(outputs, jax.nn.one_hot(labels, num_classes))
-  return jnp.mean(value), accuracy
+    correct = jnp.argmax(outputs, axis=-1) == labels
+    if loss == "cross_entropy":
+      value = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+    else:
+      value = optax.squared_error(outputs, jax.nn.one_hot(labels, num_classes))
+      value = value.sum(axis=-1) / num_classes
+  if weights is None:
+    return jnp.mean(value), jnp.mean(correct)
+  total = jnp.sum(weights)
+  return jnp.sum(weights * value) / total, jnp.sum(weights * correct) / total
 
 
 def make_epoch_fn(
@@ -181,7 +233,8 @@ def _epoch_body(
   arguments so seeds (different splits and models) can be ``vmap``-ped."""
   graphdef, params, *rest = nnx.split(model, nnx.Param, ...)
   consts = (rest, data.x_train, data.y_train, data.x_test, data.y_test)
-  n_batches = data.x_train.shape[0] // config.batch_size
+  n_train = data.x_train.shape[0]
+  n_batches = steps_per_epoch(n_train, config)
   if n_batches == 0:
     raise ValueError(
       f"batch_size {config.batch_size} exceeds the training set "
@@ -197,17 +250,22 @@ def _epoch_body(
       return nnx.merge(graphdef, params, *rest)(x)
 
     def objective(
-      params: Any, x: jax.Array, y: jax.Array
+      params: Any, x: jax.Array, y: jax.Array, weights: jax.Array | None = None
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-      metrics = loss_and_accuracy(forward(params, x), y, data.num_classes, config.loss)
+      metrics = loss_and_accuracy(
+        forward(params, x), y, data.num_classes, config.loss, weights
+      )
       return metrics[0] + config.l2 * l2_penalty(params), metrics
 
     def step(
-      carry: tuple[Any, Any], batch: jax.Array
+      carry: tuple[Any, Any], batch: tuple[jax.Array, jax.Array]
     ) -> tuple[tuple[Any, Any], tuple[jax.Array, jax.Array]]:
       params, opt_state = carry
-      x, y = x_train[batch], y_train[batch]
-      grads, metrics = jax.grad(objective, has_aux=True)(params, x, y)
+      index, weights = batch
+      x, y = x_train[index], y_train[index]
+      grads, metrics = jax.grad(objective, has_aux=True)(
+        params, x, y, None if config.drop_last else weights
+      )
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), metrics
 
@@ -225,13 +283,12 @@ def _epoch_body(
         raise ValueError(f"spectrum_of={config.spectrum_of} names no parameter")
       return spectrum(kernel[0]).singular_values
 
-    perm = jax.random.permutation(jax.random.fold_in(key, index), x_train.shape[0])
-    batches = perm[: n_batches * config.batch_size].reshape(
-      n_batches, config.batch_size
-    )
+    batches, weights = epoch_batches(jax.random.fold_in(key, index), n_train, config)
     (params, opt_state), (losses, accs) = jax.lax.scan(
-      step, (params, opt_state), batches
+      step, (params, opt_state), (batches, weights)
     )
+    # Each batch's metrics weighted by its number of examples.
+    counts = weights.sum(axis=-1) / weights.sum()
     test_loss, test_acc = loss_and_accuracy(
       forward(params, x_test), y_test, data.num_classes, config.loss
     )
@@ -240,7 +297,7 @@ def _epoch_body(
         forward(params, x_train), y_train, data.num_classes, config.loss
       )
     else:
-      train_loss, train_acc = losses.mean(), accs.mean()
+      train_loss, train_acc = (losses * counts).sum(), (accs * counts).sum()
     metrics = {
       "train_loss": train_loss,
       "train_acc": train_acc,
@@ -292,7 +349,11 @@ def start(
   args = (params, opt_state, jax.random.key(0), jnp.zeros([], jnp.int32))
   compiled = jax.jit(epoch_fn).lower(*args).compile()
   jax.block_until_ready(compiled(*args))
-  result = RunResult(History(), compile_seconds=time.perf_counter() - t0)
+  result = RunResult(
+    History(),
+    compile_seconds=time.perf_counter() - t0,
+    steps_per_epoch=steps_per_epoch(data.x_train.shape[0], config),
+  )
   return compiled, Run(params, opt_state, result)
 
 
@@ -389,7 +450,15 @@ def start_vectorized(
   jax.block_until_ready(compiled(*args))
   seconds = time.perf_counter() - t0
   runs = [
-    Run(_unstack(params, i), _unstack(opt_state, i), RunResult(History(), seconds))
+    Run(
+      _unstack(params, i),
+      _unstack(opt_state, i),
+      RunResult(
+        History(),
+        compile_seconds=seconds,
+        steps_per_epoch=steps_per_epoch(datas[0].x_train.shape[0], config),
+      ),
+    )
     for i in range(len(models))
   ]
   return compiled, runs, consts

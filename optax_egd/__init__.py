@@ -15,6 +15,7 @@ from optax_egd.baselines import (
 )
 from optax_egd.distributed import Distribute
 from optax_egd.polar import METHODS, auto_method, polar
+from optax_egd.recipe import egdm
 from optax_egd.spectrum import SpectrumInfo, spectrum
 from optax_egd.transform import DimensionNumbers, EGDState, egd
 
@@ -31,6 +32,7 @@ __all__ = [
     "auto_method",
     "column_norm",
     "egd",
+    "egdm",
     "grokfast_ema",
     "grokfast_ma",
     "orthograd",

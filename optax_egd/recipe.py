@@ -1,0 +1,184 @@
+"""``egdm()``: EGD on a momentum buffer for the matrices, AdamW for the rest.
+
+The transformer recipe of optax-egd, built like ``optax.contrib.muon``: every
+weight matrix takes Nesterov momentum, then its polar factor (EGD, exact by
+default, where Muon runs five Newton–Schulz steps), Muon's shape scaling
+``sqrt(max(1, fan_out/fan_in))``, decoupled weight decay and the learning
+rate; every other leaf (biases, norms, and by default nothing else: 2-D
+embeddings count as matrices, as in Muon) takes AdamW.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax, optax_egd
+  >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+  >>> tx = optax_egd.egdm(0.05, weight_decay=0.1)
+  >>> state = tx.init(params)
+  >>> grads = {"w": jnp.array([[2.0, 0.0], [0.0, 0.5], [0.0, 0.0]]),
+  ...          "b": jnp.ones(2)}
+  >>> updates, state = jax.jit(tx.update)(grads, state, params)
+  >>> updates["w"]  # -lr · (UVᵀ + weight_decay · w): unit singular values
+  Array([[-0.055, -0.005],
+         [-0.005, -0.055],
+         [-0.005, -0.005]], dtype=float32)
+  >>> updates["b"]  # AdamW's first step: -lr · sign(g)
+  Array([-0.05, -0.05], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from optax_egd import distributed
+from optax_egd.polar import Method
+from optax_egd.transform import DimensionNumbers, Scale, egd
+
+MATRIX = "egd"
+OTHER = "adam"
+
+
+def _is_dims(d: Any) -> bool:
+  return d is None or isinstance(d, DimensionNumbers)
+
+
+def _labels(dimension_numbers: Any) -> Callable[[Any], Any]:
+  """Params -> a tree of ``"egd"`` / ``"adam"`` labels."""
+
+  def labels(params: Any) -> Any:
+    if dimension_numbers is None:
+      return jax.tree.map(lambda x: MATRIX if x.ndim == 2 else OTHER, params)
+    dims = dimension_numbers(params) if callable(dimension_numbers) else (
+        dimension_numbers)
+    return jax.tree.map(
+        lambda d, x: jax.tree.map(lambda _: OTHER if d is None else MATRIX, x),
+        dims, params, is_leaf=_is_dims)
+
+  return labels
+
+
+def _check_fraction(name: str, value: Any) -> None:
+  if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+      0 <= value < 1):
+    raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def _check_nonnegative(name: str, value: Any) -> None:
+  if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+    raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def egdm(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    momentum: float | jax.Array = 0.95,
+    nesterov: bool = True,
+    weight_decay: float | jax.Array = 0.0,
+    weight_decay_mask: Any = None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_b1: float | jax.Array = 0.9,
+    adam_b2: float | jax.Array = 0.999,
+    adam_eps: float | jax.Array = 1e-8,
+    adam_weight_decay: float | jax.Array = 0.0,
+    dimension_numbers: Any = None,
+    method: Method | str = "auto",
+    scale: Scale | str = "muon",
+    rank: int | None = None,
+    oversample: int | None = None,
+    power_iters: int | None = None,
+    ns_steps: int | None = None,
+    rtol: float | jax.Array | None = None,
+    key: int | jax.Array = 0,
+    enabled: bool | jax.Array = True,
+    distribute: distributed.DistributeSpec = None,
+) -> optax.GradientTransformationExtraArgs:
+  """EGD on a Nesterov momentum buffer for matrices, AdamW for the rest.
+
+  On the matrices (the ``"egd"`` partition)::
+
+    chain(trace(momentum, nesterov), egd(scale="muon", ...),
+          add_decayed_weights(weight_decay, weight_decay_mask),
+          scale_by_learning_rate(learning_rate))
+
+  and ``adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps,
+  weight_decay=adam_weight_decay)`` on every other leaf (the ``"adam"``
+  partition), combined with ``optax.partition`` as ``optax.contrib.muon``
+  does. Each matrix update is ``-lr·(s·UVᵀ + weight_decay·W)``, where UVᵀ is
+  the polar factor of the momentum buffer and ``s`` the shape scale.
+
+  Args:
+    learning_rate: learning rate (or schedule) of the matrices; also of the
+      other leaves unless ``adam_learning_rate`` is given. May be traced
+      (``optax.inject_hyperparams``).
+    momentum: decay of the momentum buffer ``m ← g + momentum·m``, in [0, 1);
+      0 gives EGD of the raw gradient. May be traced.
+    nesterov: use ``g + momentum·m`` (Nesterov) rather than ``m``; static.
+    weight_decay: decoupled weight decay of the matrices, multiplied by the
+      learning rate (as in ``optax.adamw`` and ``optax.contrib.muon``). May be
+      traced.
+    weight_decay_mask: mask (or callable) of the matrices to decay, as for
+      ``optax.add_decayed_weights``; None decays them all.
+    adam_learning_rate: learning rate (or schedule) of the other leaves;
+      None: ``learning_rate``.
+    adam_b1, adam_b2, adam_eps: AdamW's moment decays and epsilon.
+    adam_weight_decay: AdamW's decoupled weight decay on the other leaves.
+    dimension_numbers: which leaves are matrices and how: None (default)
+      makes every 2-D leaf a ``(fan_in, fan_out)`` matrix and every other
+      leaf an AdamW leaf, as ``optax.contrib.muon``; or a tree (or a callable
+      from params to a tree) with a :class:`optax_egd.DimensionNumbers` for
+      each matrix leaf (any rank: extra axes are a batch) and None for each
+      AdamW leaf.
+    method, scale, rank, oversample, power_iters, ns_steps, rtol, key,
+      enabled, distribute: passed to :func:`optax_egd.egd` (``scale``
+      defaults to ``"muon"`` here).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its state is
+    ``optax.PartitionState`` with inner states ``"egd"`` and ``"adam"``
+    (``optax.tree.set(state, enabled=False)`` turns EGD off).
+
+  Raises:
+    ValueError / TypeError at construction for a bad argument, naming it.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optax_egd
+    >>> tx = optax.inject_hyperparams(optax_egd.egdm)(learning_rate=0.05)
+    >>> state = tx.init({"w": jnp.ones((4, 3)), "b": jnp.zeros(3)})
+    >>> float(state.hyperparams["learning_rate"])
+    0.05
+  """
+  _check_fraction("momentum", momentum)
+  _check_nonnegative("weight_decay", weight_decay)
+  _check_nonnegative("adam_weight_decay", adam_weight_decay)
+  for name, value in (("learning_rate", learning_rate),
+                      ("adam_learning_rate", adam_learning_rate)):
+    if value is not None and not callable(value):
+      _check_nonnegative(name, value)
+  if not isinstance(nesterov, bool):
+    raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+  if isinstance(dimension_numbers, DimensionNumbers):
+    raise TypeError(
+        "dimension_numbers must be a tree (or callable) matching the params,"
+        " with None for the AdamW leaves; got a single DimensionNumbers")
+  if dimension_numbers is not None and not callable(dimension_numbers) and not all(
+      d is None or isinstance(d, DimensionNumbers) for d in jax.tree.leaves(
+          dimension_numbers, is_leaf=_is_dims)):
+    raise TypeError(
+        "dimension_numbers must be None, a tree of DimensionNumbers/None or a"
+        f" callable, got {dimension_numbers!r}")
+  if adam_learning_rate is None:
+    adam_learning_rate = learning_rate
+  labels = _labels(dimension_numbers)
+
+  matrices = optax.chain(
+      optax.trace(momentum, nesterov=nesterov),
+      egd(method, rank=rank, oversample=oversample, power_iters=power_iters,
+          ns_steps=ns_steps, rtol=rtol, scale=scale, key=key,
+          dimension_numbers=dimension_numbers, enabled=enabled, distribute=distribute),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  others = optax.adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps,
+                       weight_decay=adam_weight_decay)
+  return optax.partition({MATRIX: matrices, OTHER: others}, labels)
