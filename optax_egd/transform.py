@@ -114,7 +114,14 @@ def _resolve_dims(spec: DimensionNumbersSpec, tree: Any) -> Any:
     spec = spec(tree)
   if spec is None or isinstance(spec, DimensionNumbers):
     return jax.tree.map(lambda _: spec, tree)
-  return spec
+  # A prefix tree (as optax.contrib.muon takes): a None or DimensionNumbers
+  # stands for every leaf of the subtree under it.
+  try:
+    return jax.tree.map(
+        lambda d, sub: jax.tree.map(lambda _: d, sub), spec, tree,
+        is_leaf=_is_dims)
+  except (ValueError, TypeError):
+    return spec  # not a prefix of the params: the caller reports it
 
 
 def _is_dims(x: Any) -> bool:
@@ -293,7 +300,9 @@ def egd(
       and splits it every step. May be traced (``inject_hyperparams``).
     dimension_numbers: which axes of a leaf form the matrix, as a
       :class:`DimensionNumbers`, a tree of them (``None`` leaves take the
-      default), or a callable from params to such a tree. Default: the last two
+      default; a prefix of the params' tree stands for every leaf below it,
+      as with ``optax.contrib.muon``), or a callable from params to such a
+      tree. Default: the last two
       axes form the matrix and leading axes are a batch (stacked or scanned
       layers). For a conv kernel (h, w, in, out) use
       ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``; a single

@@ -530,11 +530,6 @@ def test_reshape_and_update_single_param(case: Case) -> None:
                               reshape_updates, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="egd does not accept prefix trees of dimension_numbers (muon does):"
-    " 'Expected dict, got None'. dimension_numbers handling is issue 11"
-    " item 5 (helper 'args'); remove this mark with the fix")
 @pytest.mark.parametrize("case", _params(egd_only=True))
 def test_dim_nums_combinations(case: Case) -> None:
   """MuonTest.test_dim_nums_combinations, Tests 4 and 5: prefix trees.
