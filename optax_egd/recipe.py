@@ -129,9 +129,9 @@ def egdm(
       from params to a tree) with a :class:`optax_egd.DimensionNumbers` for
       each matrix leaf (any rank: extra axes are a batch) and None for each
       AdamW leaf.
-    method, scale, rank, oversample, power_iters, ns_steps, rtol, key,
-      enabled, distribute: passed to :func:`optax_egd.egd` (``scale``
-      defaults to ``"muon"`` here).
+    method: passed to :func:`optax_egd.egd`, as are ``scale`` (``"muon"``
+      by default here), ``rank``, ``oversample``, ``power_iters``,
+      ``ns_steps``, ``rtol``, ``key``, ``enabled`` and ``distribute``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is
@@ -139,7 +139,8 @@ def egdm(
     (``optax.tree.set(state, enabled=False)`` turns EGD off).
 
   Raises:
-    ValueError / TypeError at construction for a bad argument, naming it.
+    ValueError: at construction, for an argument out of its range (named).
+    TypeError: at construction, for an argument of the wrong type (named).
 
   Example:
     >>> import jax.numpy as jnp, optax, optax_egd
