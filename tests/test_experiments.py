@@ -313,7 +313,9 @@ def test_training_groks_small_p_and_switches_egd_off():
   model = models.MLP(
     data.num_features, 512, P, rngs=nnx.Rngs(params=jax.random.fold_in(key, 1))
   )
-  config = train.TrainConfig(batch_size=64, max_epochs=30, egd_off_at=0.9)
+  # The epoch it groks depends on float rounding (BLAS, XLA version): leave
+  # room; the run stops at the target.
+  config = train.TrainConfig(batch_size=64, max_epochs=150, egd_off_at=0.9)
   compiled, run = train.start(
     model, optax.chain(optax_egd.egd(), optax.sgd(0.7)), data, config
   )

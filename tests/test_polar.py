@@ -278,7 +278,10 @@ def test_batch_is_per_matrix(method):
       # matrix of the batch; the signal is checked by the rsvd tests.
       continue
     else:
-      np.testing.assert_allclose(got, single[name], atol=1e-5, err_msg=name)
+      # eigh squares the condition number: a rank-deficient matrix's noise
+      # directions move by ~4e-5 between a stacked and a single call.
+      atol = 1e-4 if method == "eigh" and name == "rank3" else 1e-5
+      np.testing.assert_allclose(got, single[name], atol=atol, err_msg=name)
 
 
 def _lapack_calls(fn, *args) -> list[str]:
