@@ -498,7 +498,9 @@ def test_ns_steps_sets_the_number_of_iterations(method):
   # Polar Express beyond its 8 tabulated steps repeats the last one.
   if method == "polar_express":
     want = _np_iteration(x, list(POLAR_EXPRESS_COEFFS) + [POLAR_EXPRESS_COEFFS[-1]])
-    assert _relerr(_polar(x, method, ns_steps=9), want) <= 1e-4
+    # Nine float32 steps: rounding reaches ~1.3e-4 on some XLA versions;
+    # a missing or wrong step is off by far more.
+    assert _relerr(_polar(x, method, ns_steps=9), want) <= 5e-4
 
 
 @pytest.mark.parametrize("method", ["svd", "eigh", "rsvd", "qdwh", "auto"])
