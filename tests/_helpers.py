@@ -30,3 +30,14 @@ def _unregister(listener: object) -> None:
 
     unregister = monitoring._unregister_event_duration_listener_by_callback
   unregister(listener)
+
+
+def enable_x64(on: bool = True):
+  """``jax.enable_x64(on)``; jax < 0.8 has it as ``jax.experimental``'s."""
+  import jax
+
+  if hasattr(jax, "enable_x64"):
+    return jax.enable_x64(on)
+  from jax.experimental import enable_x64 as experimental_enable_x64
+
+  return experimental_enable_x64(on)

@@ -376,7 +376,9 @@ def test_complex_leaves_match_numpy(dtype):
           _np_orthograd(g, w[k]).reshape(g.shape) for g in gs]),
   }
   rtol = 1e-5 if dtype == jnp.complex64 else 1e-12
-  with jax.enable_x64(dtype == jnp.complex128):
+  from _helpers import enable_x64
+
+  with enable_x64(dtype == jnp.complex128):
     for name, (tx, ref) in refs.items():
       outs, _ = _run(tx, [cast(g) for g in grads], params=cast(w))
       for k in ("w", "b"):

@@ -206,7 +206,9 @@ def _x64(enabled: bool) -> Iterator[None]:
   if not enabled:
     yield
     return
-  with jax.enable_x64(True):
+  from _helpers import enable_x64
+
+  with enable_x64(True):
     yield
 
 
