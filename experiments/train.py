@@ -380,24 +380,36 @@ def train(
     )
     metrics = jax.device_get(metrics)
     seconds = time.perf_counter() - t0
-    egd_on = egd_enabled(run.opt_state)
-    _record(history, metrics, seconds, egd_on)
-    if (
-      result.epochs_to_target is None and metrics["test_acc"] >= config.target_accuracy
-    ):
-      result.epochs_to_target = history.epochs
-      result.seconds_to_target = sum(history.seconds)
-    if (
-      config.egd_off_at is not None
-      and result.egd_off_epoch is None
-      and metrics["test_acc"] >= config.egd_off_at
-      and egd_on
-    ):
+    if _after_epoch(result, metrics, seconds, egd_enabled(run.opt_state), config):
       run.opt_state = disable_egd(run.opt_state)
-      result.egd_off_epoch = history.epochs
     if on_epoch is not None:
       on_epoch(run)
   return run
+
+
+def _after_epoch(
+  result: RunResult,
+  metrics: dict[str, Any],
+  seconds: float,
+  egd_on: bool | None,
+  config: TrainConfig,
+) -> bool:
+  """Record one epoch in ``result``: its curves, the target epoch, and the
+  epoch EGD goes off; True when the caller must switch EGD off now."""
+  history = result.history
+  _record(history, metrics, seconds, egd_on)
+  if result.epochs_to_target is None and metrics["test_acc"] >= config.target_accuracy:
+    result.epochs_to_target = history.epochs
+    result.seconds_to_target = sum(history.seconds)
+  if (
+    config.egd_off_at is not None
+    and result.egd_off_epoch is None
+    and metrics["test_acc"] >= config.egd_off_at
+    and egd_on
+  ):
+    result.egd_off_epoch = history.epochs
+    return True
+  return False
 
 
 def _record(
@@ -517,21 +529,10 @@ def train_vectorized(
     for i in range(n):
       if not active[i]:
         continue
-      result, history = runs[i].result, runs[i].result.history
       mine = {k: v[i] for k, v in metrics.items()}
       egd_on = None if enabled is None else bool(enabled[i])
-      _record(history, mine, seconds, egd_on)
-      if result.epochs_to_target is None and mine["test_acc"] >= config.target_accuracy:
-        result.epochs_to_target = history.epochs
-        result.seconds_to_target = sum(history.seconds)
-      if (
-        config.egd_off_at is not None
-        and result.egd_off_epoch is None
-        and mine["test_acc"] >= config.egd_off_at
-        and egd_on
-      ):
+      if _after_epoch(runs[i].result, mine, seconds, egd_on, config):
         opt_state = _set_egd_off(opt_state, i)
-        result.egd_off_epoch = history.epochs
       active[i] = still_going(i)
       if not active[i]:
         runs[i].params, runs[i].opt_state = _unstack(params, i), _unstack(opt_state, i)
