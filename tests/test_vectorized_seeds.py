@@ -21,9 +21,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # EGD seeds reach the (low) target at different epochs (6, 8, 7), so a seed
 # keeps being computed after it stopped being recorded; one SGD seed never
-# does (stops at --max-epochs). Within these first epochs vectorized and
-# sequential runs agree to float rounding (later, EGD's dynamics can amplify
-# rounding differences: see docs/vectorized_seeds.md).
+# does (stops at --max-epochs). SGD's vectorized curves equal the sequential
+# ones to float rounding. EGD's do in the first epoch only: vmap batches the
+# matmuls, the rounding differs, and EGD's unit-σ steps amplify it (train loss
+# 1e-4 apart after two epochs, 5e-3 after six on an AMD EPYC CPU; accuracies a
+# few examples apart; see docs/vectorized_seeds.md). So EGD's later epochs are
+# compared within that envelope, and the bookkeeping (epochs to target, EGD
+# switch-off, epochs run) exactly.
 TINY = ["--task", "mod_add", "--p", "23", "--train-fraction", "0.8",
         "--batch-size", "64", "--hidden", "128", "--max-epochs", "9",
         "--target-accuracy", "0.015", "--egd-off-at", "0.01",
@@ -60,8 +64,16 @@ def test_vectorized_seeds_reproduce_sequential_runs(tmp_path):
     assert a["epochs"] == b["epochs"], who
     assert a["curves"]["egd_enabled"] == b["curves"]["egd_enabled"], who
     for metric in ("test_acc", "train_acc", "test_loss", "train_loss"):
-      np.testing.assert_allclose(b["curves"][metric], a["curves"][metric],
-                                 rtol=1e-4, atol=1e-6, err_msg=str(who))
+      want, got = np.asarray(a["curves"][metric]), np.asarray(b["curves"][metric])
+      np.testing.assert_allclose(got[:1], want[:1], rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{who} {metric}, first epoch")
+      if a["optimizer"] == "sgd":
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{who} {metric}")
+      elif metric.endswith("acc"):  # a few examples of 106 (test), 423 (train)
+        np.testing.assert_allclose(got, want, atol=0.03, err_msg=f"{who} {metric}")
+      else:
+        np.testing.assert_allclose(got, want, rtol=3e-2, err_msg=f"{who} {metric}")
   egd = [r for r in seq if r["optimizer"] == "egd"]
   assert all(r["epochs_to_target"] is not None for r in egd)
   # The lockstep bookkeeping is exercised: seeds stop at different epochs.
