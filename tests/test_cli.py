@@ -412,9 +412,8 @@ def test_grok_refuses_an_out_that_holds_a_run(capsys, tmp_path, monkeypatch):
   line = usage_error(capsys, grok.main, [*TINY, "--out", str(out)])
   assert f"argument --out: {out} already holds a run (" in line
   assert "results.json" in line and "checkpoints" in line
-  assert "give --resume to continue it, --overwrite to replace it, or another --out" in (
-    line
-  )
+  fix = "give --resume to continue it, --overwrite to replace it, or another --out"
+  assert fix in line
   (out / "notes.txt").write_text("mine")
   for extra, message in [
     ([], f"argument --out: {out} is not empty (it has notes.txt"),
@@ -465,16 +464,17 @@ def test_paper_table_refuses_an_out_that_holds_a_table(capsys, tmp_path, monkeyp
 def test_batch_size_default_fits_the_training_set():
   assert grok_resolve(["--p", "23"]).batch_size == 264  # 23² // 2 pairs
   assert grok_resolve(["--p", "97"]).batch_size == 512
-  assert grok_resolve(["--task", "parity", "--k", "2", "--n-train", "20"]).batch_size == 20
+  small = grok_resolve(["--task", "parity", "--k", "2", "--n-train", "20"])
+  assert small.batch_size == 20
   assert grok_resolve(["--task", "parity", "--k", "2"]).batch_size == 32
 
 
 @pytest.mark.parametrize(
   "argv, message",
   [
-    (["--p", "23", "--batch-size", "300"], "argument --batch-size: must be in [1, 264]"),
+    (["--p", "23", "--batch-size", "300"], "--batch-size: must be in [1, 264]"),
     (["--task", "parity", "--p", "97"], "argument --p: --task parity does not use it"),
-    (["--task", "parity", "--train-fraction", "0.3"], "--train-fraction: --task parity"),
+    (["--task", "parity", "--train-fraction", "0.3"], "--train-fraction: --task pa"),
     (["--task", "mnist", "--encoding", "tokens"], "argument --encoding: --task mnist"),
     (["--n-test", "50"], "argument --n-test: --task mod_add does not use it"),
     (["--k", "3"], "argument --k: --task mod_add does not use it"),
@@ -550,7 +550,8 @@ def _result(egd_enabled):
 
   n = len(egd_enabled)
   history = History(train_loss=[1.0] * n, train_acc=[0.5] * n, test_loss=[1.0] * n,
-                    test_acc=[0.1] * n, seconds=[0.1] * n, egd_enabled=egd_enabled)  # fmt: skip
+                    test_acc=[0.1] * n, seconds=[0.1] * n,
+                    egd_enabled=egd_enabled)  # fmt: skip
   return RunResult(history, compile_seconds=1.0, steps_per_epoch=3)
 
 

@@ -141,8 +141,9 @@ _PAGES_WITH_CODE = sorted(p for p in DOCS.rglob("*.md")
 # What a page's examples must print: the lines its text promises the reader.
 _EXPECTED_OUTPUT = {
     # A complete training run: test accuracy per epoch, grokking within 20 epochs.
-    "getting_started.md": [r"^epoch  1: train accuracy \d\.\d{3}, test accuracy \d\.\d{3}$",
-                           r"^grokked: test accuracy >= 95% after ([1-9]|1\d|20) epochs$"],
+    "getting_started.md": [
+        r"^epoch  1: train accuracy \d\.\d{3}, test accuracy \d\.\d{3}$",
+        r"^grokked: test accuracy >= 95% after ([1-9]|1\d|20) epochs$"],
     # dimension_numbers on a Flax NNX and a linen CNN, egdm on a scanned NNX model.
     "guide/egd.md": [r"^\[0\.1 0\.1 0\.1 0\.1 0\.1 0\.1 0\.1 0\.1\]$",
                      r"^\[1\. 1\. 1\. 1\. 1\. 1\. 1\. 1\.\]$",

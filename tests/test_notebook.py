@@ -4,10 +4,7 @@ it cannot install the package."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-import subprocess
-import sys
 
 import pytest
 
@@ -68,12 +65,14 @@ _FRESH_COLAB = r"""
 import importlib.util, os, pathlib, sys
 sys.meta_path[:] = [f for f in sys.meta_path
                     if not getattr(f, "__module__", "").startswith("__editable__")]
-sys.path[:] = [p for p in sys.path if not (pathlib.Path(p or ".") / "optax_egd").is_dir()]
+sys.path[:] = [p for p in sys.path
+               if not (pathlib.Path(p or ".") / "optax_egd").is_dir()]
 assert importlib.util.find_spec("optax_egd") is None, "optax_egd still importable"
 os.environ.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
 """
 
-BAD_GIT = "git+https://nonexistent.invalid/optax-egd/optax-egd"  # .invalid never resolves
+# A host under .invalid never resolves (RFC 2606).
+BAD_GIT = "git+https://nonexistent.invalid/optax-egd/optax-egd"
 
 
 def test_install_cell_under_a_kernel_says_why_pip_failed(tmp_path: Path) -> None:
