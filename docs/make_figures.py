@@ -243,7 +243,8 @@ def grok_runs(out: pathlib.Path) -> None:
   for figure, (folder, png, args) in GROK_RUNS.items():
     target = out / folder
     subprocess.run([sys.executable, "-m", "experiments.grok", *args, "--out",
-                    str(target), "--no-progress"], cwd=ROOT, check=True)
+                    str(target), "--overwrite", "--no-progress"], cwd=ROOT,
+                   check=True)  # --overwrite: the runs of an earlier --runs
     if png is None:
       curves_figure(target / "results.json")
     else:

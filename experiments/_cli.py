@@ -12,11 +12,20 @@ import argparse
 from collections.abc import Callable
 import math
 import pathlib
+import shutil
 import tempfile
 
-from experiments.tasks import is_prime
-
 SEED_MAX = 2**31 - 1
+
+
+def is_prime(p: int) -> bool:
+  """Whether ``p`` is prime (here, not from :mod:`experiments.tasks`, which
+  imports JAX: the command lines parse without it).
+
+  >>> [p for p in range(12) if is_prime(p)]
+  [2, 3, 5, 7, 11]
+  """
+  return p >= 2 and all(p % d for d in range(2, int(p**0.5) + 1))
 
 
 def _bounds(
@@ -148,3 +157,53 @@ def unwritable(directory: pathlib.Path) -> str | None:
   except OSError as error:
     return f"cannot write to {directory}: {error.strerror or error}"
   return None
+
+
+def out_in_use(
+  directory: pathlib.Path,
+  outputs: tuple[str, ...],
+  *,
+  overwrite: bool,
+  resume: bool | None = None,
+) -> str | None:
+  """Why a run may not write into ``directory``; None if it may.
+
+  A folder that holds files is refused, so a finished run is never replaced by
+  accident: ``--resume`` (where the command has it; ``resume=None`` where not)
+  continues the run there, ``--overwrite`` replaces it (:func:`clear_outputs`
+  deletes its ``outputs`` first). Files the command does not write are never
+  deleted: with them, the answer is another folder.
+  """
+  if resume and overwrite:
+    return (
+      "argument --overwrite: not with --resume (--resume continues the run in "
+      "--out, --overwrite deletes it)"
+    )
+  if resume or not directory.is_dir():
+    return None
+  entries = sorted(p.name for p in directory.iterdir())
+  foreign = [name for name in entries if name not in outputs]
+  if foreign:
+    listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+    which = "argument --overwrite" if overwrite else "argument --out"
+    return (
+      f"{which}: {directory} is not empty (it has {listed}, which this command "
+      "did not write); give another --out"
+    )
+  if not entries or overwrite:
+    return None
+  continue_it = "--resume to continue it, " if resume is not None else ""
+  return (
+    f"argument --out: {directory} already holds a run ({', '.join(entries)}); "
+    f"give {continue_it}--overwrite to replace it, or another --out"
+  )
+
+
+def clear_outputs(directory: pathlib.Path, outputs: tuple[str, ...]) -> None:
+  """Delete the ``outputs`` (files or folders) of an earlier run in ``directory``."""
+  for name in outputs:
+    path = directory / name
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+      path.unlink()

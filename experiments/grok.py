@@ -17,9 +17,12 @@ options that made them; ``--resume`` continues them exactly (to a larger
 ``--max-epochs``, or past the target with ``--no-stop``). It refuses, with a
 usage error and before any training, an ``--out`` without checkpoints,
 changed options (naming them) and unreadable checkpoints (naming the file);
-runs of the command that have no checkpoint yet start from epoch 0. Every
-option is checked first: a bad value is a one-line usage error naming the
-option and its range (exit code 2).
+runs of the command that have no checkpoint yet start from epoch 0. An
+``--out`` that already holds files is refused unless ``--resume`` continues
+the run there or ``--overwrite`` replaces it (deleting the files a run writes:
+``results.json``, the plots and the checkpoints; nothing else). Every option
+is checked first: a bad value, or an option the task or model does not use, is
+a one-line usage error naming the option (exit code 2).
 
 Hyperparameters left unset take the papers' values for the task: EGD's for
 modular arithmetic with the MLP and for sparse parity, Grokfast's for the
@@ -45,26 +48,20 @@ import math
 import pathlib
 import shutil
 import statistics
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from flax import nnx
-import jax
-from matplotlib import cm
-from matplotlib.figure import Figure
-from tqdm import tqdm
-
-from experiments import _cli, _threads, models, optimizers, tasks
+# JAX, Flax, Orbax and matplotlib are imported where they are used, so that
+# ``--help`` and usage errors come before (and without) them.
+from experiments import _cli, _threads, optimizer_names
 from experiments._cli import integer, number
-from experiments.checkpoint import Checkpointer, CheckpointError, config_differences
-from experiments.train import (
-  Run,
-  RunResult,
-  TrainConfig,
-  start,
-  start_vectorized,
-  train,
-  train_vectorized,
-)
+
+if TYPE_CHECKING:
+  import jax
+  from matplotlib.figure import Figure
+
+  from experiments import models, tasks
+  from experiments.checkpoint import Checkpointer
+  from experiments.train import RunResult, TrainConfig
 
 TASKS = ("mod_add", "mod_sub", "mod_mul", "mod_div", "grokfast_mul", "parity", "mnist")
 MODELS = ("mlp", "transformer", "grokfast", "omnigrok")
@@ -83,7 +80,7 @@ _GROKFAST = dict(
   loss="cross_entropy",
   warmup_steps=10,
   target_accuracy=0.95,
-  optimizer=optimizers.GROKFAST_DEFAULT,
+  optimizer=optimizer_names.GROKFAST_DEFAULT,
   # egdm: the best learning rate of experiments/results/grokfast_sweep.json
   # (no weight decay on the matrices: 0.3 did not reach 95% in 1,000 steps).
   lr=0.06,
@@ -115,7 +112,7 @@ _FALLBACK = dict(
 )
 _OPTIMIZER_FIELDS = {
   f.name: int if "int" in str(f.type) else float
-  for f in dataclasses.fields(optimizers.OptimizerConfig)
+  for f in dataclasses.fields(optimizer_names.OptimizerConfig)
   if f.name != "seed"
 }
 # Accepted values of the optimizer options (a field missing here: any finite value).
@@ -137,10 +134,43 @@ _OPTIMIZER_RANGES = {
 }
 # Options a resumed run may change; any other option must match the checkpoint's.
 RESUMABLE_CHANGES = frozenset(
-  {"max_epochs", "no_stop", "checkpoint_every", "resume", "no_progress", "out"}
+  {"max_epochs", "no_stop", "checkpoint_every", "resume", "overwrite", "no_progress"}
+  | {"out"}
   | {"seed", "seeds", "optimizer", "optimizers"}
 )
 MNIST_IMAGES = 5000  # the images tasks.mnist reads; n_train of them train
+MODULAR = ("mod_add", "mod_sub", "mod_mul", "mod_div", "grokfast_mul")
+# The options only some tasks (models) use: given for another, a usage error;
+# left unset there, None (and out of results.json).
+TASK_OPTIONS = {
+  "p": MODULAR,
+  "train_fraction": MODULAR,
+  "encoding": MODULAR[:4],
+  "n": ("parity",),
+  "k": ("parity",),
+  "n_test": ("parity",),
+  "n_train": ("parity", "mnist"),
+}
+MODEL_OPTIONS = {
+  "hidden": ("mlp",),
+  **dict.fromkeys(("layers", "d_model", "heads"), ("transformer", "grokfast")),
+  **dict.fromkeys(("depth", "width", "init_scale"), ("omnigrok",)),
+}
+# Defaults of those options wherever they apply (the tasks' own: task_defaults).
+OPTION_DEFAULTS = dict(
+  p=97,
+  train_fraction=0.5,
+  encoding="onehot",
+  n_test=10000,
+  layers=2,
+  d_model=128,
+  heads=4,
+  depth=3,
+  width=200,
+  init_scale=8.0,
+)
+# What a run writes into --out; --overwrite deletes these (and nothing else).
+OUTPUTS = ("results.json", "curves.png", "spectrum.png", "checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,12 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     help="grokfast: Grokfast's modular multiplication and transformer "
     "(sets --task grokfast_mul)",
   )
-  task.add_argument("--task", choices=TASKS, default="mod_add")
-  task.add_argument("--p", type=integer(2), default=97, help="prime modulus")
+  task.add_argument("--task", choices=TASKS, default="mod_add", help="default mod_add")
   task.add_argument(
-    "--train-fraction", type=number(0, 1, low_open=True, high_open=True), default=0.5
+    "--p", type=integer(2), help="modular tasks: the prime modulus (default 97)"
   )
-  task.add_argument("--encoding", choices=("onehot", "tokens"), default="onehot")
+  task.add_argument(
+    "--train-fraction",
+    type=number(0, 1, low_open=True, high_open=True),
+    help="modular tasks: the fraction of the equations to train on (default 0.5)",
+  )
+  task.add_argument(
+    "--encoding",
+    choices=("onehot", "tokens"),
+    help="mod_*: one-hot features (default) or tokens (for --model transformer)",
+  )
   task.add_argument(
     "--n", type=integer(1), help="parity: input bits (default from --k: 400, 100, 50)"
   )
@@ -170,10 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     help="parity: secret bits (2, 3 or 4 have presets; default 4)",
   )
   task.add_argument(
-    "--n-train", type=integer(1), default=None, help="parity: 2000; MNIST: 1000"
+    "--n-train",
+    type=integer(1),
+    help="parity, MNIST: training examples (default 2000; MNIST 1000)",
   )
   task.add_argument(
-    "--n-test", type=integer(1), default=10000, help="parity test examples"
+    "--n-test", type=integer(1), help="parity: test examples (default 10000)"
   )
   model = p.add_argument_group("model")
   model.add_argument(
@@ -182,28 +222,38 @@ def build_parser() -> argparse.ArgumentParser:
     help="default: mlp, transformer for tokens, grokfast for grokfast_mul, "
     "omnigrok for mnist",
   )
-  model.add_argument("--hidden", type=integer(1), help="MLP hidden width")
-  model.add_argument("--layers", type=integer(1), default=2, help="transformer layers")
-  model.add_argument("--d-model", type=integer(1), default=128)
-  model.add_argument("--heads", type=integer(1), default=4)
-  model.add_argument("--depth", type=integer(1), default=3, help="Omnigrok MLP depth")
-  model.add_argument("--width", type=integer(1), default=200, help="Omnigrok MLP width")
+  model.add_argument(
+    "--hidden",
+    type=integer(1),
+    help="mlp: hidden width (default 512; parity 50 for k=2, else 100)",
+  )
+  for name, default in (("layers", 2), ("d-model", 128), ("heads", 4)):
+    model.add_argument(
+      f"--{name}",
+      type=integer(1),
+      help=f"transformer, grokfast: {name.replace('-', '_')} (default {default})",
+    )
+  model.add_argument(
+    "--depth", type=integer(1), help="omnigrok: MLP depth (default 3)"
+  )
+  model.add_argument(
+    "--width", type=integer(1), help="omnigrok: MLP width (default 200)"
+  )
   model.add_argument(
     "--init-scale",
     type=number(0, low_open=True),
-    default=8.0,
-    help="Omnigrok init multiplier",
+    help="omnigrok: init multiplier (default 8.0)",
   )
   opt = p.add_argument_group("optimization")
   opt.add_argument(
     "--optimizer",
     "--optimizers",
     dest="optimizer",
-    help=f"comma-separated, from: {', '.join(optimizers.NAMES)} (default egd; "
-    f"{optimizers.GROKFAST_DEFAULT} for --preset grokfast)",
+    help=f"comma-separated, from: {', '.join(optimizer_names.NAMES)} (default egd; "
+    f"{optimizer_names.GROKFAST_DEFAULT} for --preset grokfast)",
   )
   for name, kind in _OPTIMIZER_FIELDS.items():
-    default = getattr(optimizers.OptimizerConfig(), name)
+    default = getattr(optimizer_names.OptimizerConfig(), name)
     kind = _OPTIMIZER_RANGES.get(name) or (integer() if kind is int else number())
     opt.add_argument(
       f"--{name.replace('_', '-')}",
@@ -213,10 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
   opt.add_argument(
     "--l2", type=number(0), help="weight decay as 0.5·l2·Σ‖W‖² in the loss"
   )
-  opt.add_argument("--batch-size", type=integer(1))
+  opt.add_argument(
+    "--batch-size",
+    type=integer(1),
+    help="default: the task's (512; parity 32, MNIST 200), at most the training set",
+  )
   opt.add_argument("--loss", choices=("cross_entropy", "mse"))
   run = p.add_argument_group("run")
-  run.add_argument("--max-epochs", type=integer(1), default=2000)
+  run.add_argument(
+    "--max-epochs", type=integer(1), default=2000, help="per run (default 2000)"
+  )
   run.add_argument(
     "--target-accuracy",
     type=number(0, 1),
@@ -243,9 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     help="train loss/accuracy per epoch: the mean over the epoch's minibatches "
     "(free) or a pass over the whole training set after the epoch",
   )
-  run.add_argument("--seed", type=integer(0, _cli.SEED_MAX), default=0)
   run.add_argument(
-    "--seeds", type=integer(1), default=1, help="number of seeds, from --seed on"
+    "--seed", type=integer(0, _cli.SEED_MAX), default=0, help="first seed (default 0)"
+  )
+  run.add_argument(
+    "--seeds",
+    type=integer(1),
+    default=1,
+    help="number of seeds, from --seed on (default 1)",
   )
   run.add_argument(
     "--vectorize-seeds",
@@ -254,12 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
     "instead of one after another (same results; no checkpoints, no --resume; "
     "see docs/vectorized_seeds.md)",
   )
-  run.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/grok"))
+  run.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=pathlib.Path("runs/grok"),
+    help="output folder (default runs/grok); one that holds files is refused "
+    "unless --resume or --overwrite is given",
+  )
+  run.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace the run in --out: delete its results.json, curves.png, "
+    "spectrum.png and checkpoints before training",
+  )
   run.add_argument(
     "--checkpoint-every",
     type=integer(0),
     default=500,
-    help="epochs between checkpoints; 0: none",
+    help="epochs between checkpoints; 0: none (default 500)",
   )
   run.add_argument(
     "--resume",
@@ -291,40 +364,65 @@ def task_defaults(args: argparse.Namespace) -> dict[str, Any]:
     return _MODULAR_MLP if args.model == "mlp" else _MODULAR_TRANSFORMER
   if args.task == "parity":
     k = args.k or 4
-    n = tasks.PARITY_PRESETS[k][0] if k in tasks.PARITY_PRESETS else None
+    from experiments.tasks import PARITY_PRESETS  # here: it imports JAX
+
+    n = PARITY_PRESETS[k][0] if k in PARITY_PRESETS else None
     return _PARITY_COMMON | _PARITY.get(k, _PARITY[4]) | dict(k=k, n=n, n_train=2000)
   return _MNIST
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
-  """Fill every unset option with the task's default."""
+  """Fill every unset option with the task's default; exit with a usage error
+  for an option the task or model does not use. Options that do not apply
+  stay None."""
   if getattr(args, "preset", None) is not None:
     args.task = PRESETS[args.preset]
+  for name, used_by in TASK_OPTIONS.items():
+    if getattr(args, name) is not None and args.task not in used_by:
+      _error(
+        f"argument {_option(name)}: --task {args.task} does not use it (it is for "
+        f"{', '.join(used_by)})"
+      )
+  if args.task in TASK_OPTIONS["encoding"] and args.encoding is None:
+    args.encoding = OPTION_DEFAULTS["encoding"]
   if args.model is None:
     args.model = {"mnist": "omnigrok", "grokfast_mul": "grokfast"}.get(
       args.task, "transformer" if args.encoding == "tokens" else "mlp"
     )
-  for name, value in (_FALLBACK | task_defaults(args)).items():
-    if getattr(args, name, None) is None:
+  for name, used_by in MODEL_OPTIONS.items():
+    if getattr(args, name) is not None and args.model not in used_by:
+      _error(
+        f"argument {_option(name)}: --model {args.model} does not use it (it is for "
+        f"{', '.join(used_by)})"
+      )
+  defaults = _FALLBACK | OPTION_DEFAULTS | task_defaults(args)
+  batch_size = defaults.pop("batch_size")
+  applies = lambda name: args.task in TASK_OPTIONS.get(name, (args.task,)) and (
+    args.model in MODEL_OPTIONS.get(name, (args.model,))
+  )
+  for name, value in defaults.items():
+    if getattr(args, name, None) is None and applies(name):
       setattr(args, name, value)
   for name in _OPTIMIZER_FIELDS:
     if getattr(args, name) is None:
-      setattr(args, name, getattr(optimizers.OptimizerConfig(), name))
+      setattr(args, name, getattr(optimizer_names.OptimizerConfig(), name))
   if args.task == "parity" and args.n is None:
     _error(f"--task parity --k {args.k} has no preset: give --n")
   args.optimizers = _cli.name_list(args.optimizer)
-  problem = _cli.check_names("argument --optimizer", args.optimizers, optimizers.NAMES)
+  problem = _cli.check_names(
+    "argument --optimizer", args.optimizers, optimizer_names.NAMES
+  )
   if problem:
     _error(problem)
   _check_task(args)
+  if args.batch_size is None:  # the task's, or the whole training set if smaller
+    args.batch_size = min(batch_size, train_size(args))
   return args
 
 
 def _check_task(args: argparse.Namespace) -> None:
   """Exit with a usage error for options that do not fit the resolved task."""
-  if (args.task.startswith("mod_") or args.task == "grokfast_mul") and not (
-    tasks.is_prime(args.p)
-  ):
+  if args.task in MODULAR and not _cli.is_prime(args.p):
     _error(f"argument --p: must be a prime >= 2 for --task {args.task}, got {args.p}")
   if args.task == "parity" and args.k > args.n:
     _error(f"argument --k: must be in [1, --n = {args.n}] for parity, got {args.k}")
@@ -349,7 +447,7 @@ def _check_task(args: argparse.Namespace) -> None:
     _error(
       f"argument --train-fraction: {args.train_fraction} leaves no training example"
     )
-  if args.batch_size > n_train:
+  if args.batch_size is not None and args.batch_size > n_train:
     _error(
       f"argument --batch-size: must be in [1, {n_train}] (the training set of "
       f"this task), got {args.batch_size}"
@@ -367,6 +465,8 @@ def train_size(args: argparse.Namespace) -> int:
 
 def make_data(args: argparse.Namespace, key: jax.Array) -> tasks.Dataset:
   """The task's data set."""
+  from experiments import tasks
+
   if args.task == "grokfast_mul":
     return tasks.grokfast_multiplication(key, args.p, args.train_fraction)
   if args.task.startswith("mod_"):
@@ -381,6 +481,10 @@ def make_model(
   args: argparse.Namespace, data: tasks.Dataset, key: jax.Array
 ) -> models.Model:
   """The model, initialized from ``key``."""
+  from flax import nnx
+
+  from experiments import models
+
   rngs = nnx.Rngs(params=key)
   out = data.num_classes or 1
   if args.model == "grokfast":
@@ -429,6 +533,8 @@ def make_model(
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
   """The loop's configuration from the (resolved) options."""
+  from experiments.train import TrainConfig
+
   return TrainConfig(
     batch_size=args.batch_size,
     drop_last=args.drop_last,
@@ -444,6 +550,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   """Train optimizer ``name`` with ``seed``, checkpointing and resuming as asked."""
+  import jax
+  from tqdm import tqdm
+
+  from experiments import optimizers
+  from experiments.checkpoint import CheckpointError
+  from experiments.train import Run, start, train
+
   data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
   data = make_data(args, data_key)
   model = make_model(args, data, init_key)
@@ -498,12 +611,18 @@ def run_vectorized(
 ) -> list[RunResult]:
   """:func:`run_one` for every seed of ``seeds`` in one vectorized program
   (same data, weights, shuffles and results per seed; no checkpoints)."""
+  import jax
+  from tqdm import tqdm
+
+  from experiments import optimizers
+  from experiments.train import Run, start_vectorized, train_vectorized
+
   models_, optimizers_, datas, shuffle_keys = [], [], [], []
   for seed in seeds:
     data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
     data = make_data(args, data_key)
     model = make_model(args, data, init_key)
-    opt_config = optimizers.OptimizerConfig(
+    opt_config = optimizer_names.OptimizerConfig(
       seed=seed, **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS}
     )
     models_.append(model)
@@ -535,6 +654,8 @@ def run_vectorized(
 def _checkpointer(
   args: argparse.Namespace, name: str, seed: int
 ) -> Checkpointer | None:
+  from experiments.checkpoint import Checkpointer
+
   if args.checkpoint_every <= 0:
     return None
   directory = _checkpoint_dir(args, name, seed)
@@ -546,8 +667,18 @@ def _checkpointer(
 def run_config(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
   """The options that make run (``name``, ``seed``): saved with its checkpoints,
   and what ``--resume`` must match (all but :data:`RESUMABLE_CHANGES`)."""
-  config = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
+  config = {k: v for k, v in results_config(args).items() if k not in RESUMABLE_CHANGES}
   return _json_safe(config | {"optimizer": name, "seed": seed})
+
+
+def results_config(args: argparse.Namespace) -> dict[str, Any]:
+  """The resolved options, as results.json records them: those that apply
+  (options the task, model or run does not use are None and left out)."""
+  return {
+    k: str(v) if isinstance(v, pathlib.Path) else v
+    for k, v in vars(args).items()
+    if v is not None
+  }
 
 
 def _option(field: str) -> str:
@@ -559,6 +690,8 @@ def check_resume(args: argparse.Namespace) -> None:
   something to continue: at least one run's checkpoint in ``--out``, every
   such checkpoint readable and made with the same options. Runs without a
   checkpoint train from epoch 0, with a notice."""
+  from experiments.checkpoint import Checkpointer, CheckpointError, config_differences
+
   if args.checkpoint_every == 0:
     _error("--resume needs checkpoints: give --checkpoint-every N with N >= 1, not 0")
   found, missing = 0, []
@@ -606,7 +739,13 @@ def check_resume(args: argparse.Namespace) -> None:
 def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
   """One run as a JSON-ready dict."""
   h = result.history
-  return {
+  curves = dataclasses.asdict(h)
+  has_egd = any(flag is not None for flag in h.egd_enabled)
+  if not has_egd:  # no EGD transform in this optimizer
+    del curves["egd_enabled"]
+  if not h.grad_spectrum:  # recorded with --spectrum only
+    del curves["grad_spectrum"]
+  record = {
     "optimizer": name,
     "seed": seed,
     "epochs_to_target": result.epochs_to_target,
@@ -614,13 +753,15 @@ def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
     "steps_per_epoch": result.steps_per_epoch,
     "seconds_to_target": result.seconds_to_target,
     "compile_seconds": result.compile_seconds,
-    "egd_off_epoch": result.egd_off_epoch,
     "epochs": h.epochs,
     "final": {
       m: getattr(h, m)[-1] for m in ("train_loss", "train_acc", "test_loss", "test_acc")
     },
-    "curves": dataclasses.asdict(h),
+    "curves": curves,
   }
+  if has_egd:
+    record["egd_off_epoch"] = result.egd_off_epoch
+  return record
 
 
 def _json_safe(value: Any) -> Any:
@@ -674,13 +815,45 @@ def _scale_y(ax: Any, values: list[float], log: bool) -> None:
     ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
 
 
+_OPERATIONS = {"mod_add": "a + b", "mod_sub": "a − b", "mod_mul": "a · b",
+               "mod_div": "a / b", "grokfast_mul": "x · y"}  # fmt: skip
+
+
+def plot_title(args: argparse.Namespace) -> str:
+  """The task with its parameters (p, n, k, training set) and the model."""
+  if args.task in MODULAR:
+    task = (
+      f"({_OPERATIONS[args.task]}) mod {args.p}, p = {args.p}, "
+      f"{args.train_fraction:.0%} train"
+    )
+  elif args.task == "parity":
+    task = f"sparse parity, n = {args.n}, k = {args.k}, {args.n_train} train"
+  else:
+    task = f"MNIST, {args.n_train} train"
+  model = {
+    "mlp": lambda: f"MLP, hidden {args.hidden}",
+    "transformer": lambda: f"transformer, {args.layers} layers, d_model {args.d_model}",
+    "grokfast": lambda: f"Grokfast decoder, {args.layers} layers",
+    "omnigrok": lambda: f"Omnigrok MLP, depth {args.depth}, width {args.width}",
+  }[args.model]()
+  return f"{task}; {model}"
+
+
 def plot(
   records: list[dict[str, Any]],
   optimizer_names: list[str],
   path: pathlib.Path,
   title: str,
-) -> None:
-  """Train/test accuracy and loss against epoch (log x), one color per optimizer."""
+  target: float | None = None,
+) -> Figure:
+  """Train/test accuracy and loss against epoch (log x), one color per optimizer.
+
+  The accuracy panels span [0, 1] whatever the curves do (noise near 0 stays
+  near 0) and draw ``target`` as a dotted line. Returns the figure, also
+  saved to ``path``.
+  """
+  from matplotlib.figure import Figure
+
   fig = Figure(figsize=(11, 7))
   axes = fig.subplots(2, 2, sharex=True)
   panels = [
@@ -708,12 +881,17 @@ def plot(
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
     _scale_y(ax, drawn[metric], log=metric.endswith("loss"))
+    if metric.endswith("acc"):
+      ax.set_ylim(0, 1.02)
+      if target is not None:
+        ax.axhline(target, color="0.3", ls=":", lw=1, label=f"target {target:.0%}")
   for ax in axes[1]:
     ax.set_xlabel("epoch")
   axes[0, 0].legend()
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  return fig
 
 
 def plot_spectrum(
@@ -725,6 +903,9 @@ def plot_spectrum(
   """The paper's figure: the first kernel's gradient singular values σᵢ/σ₁
   against epoch (log-log), one panel per optimizer (its first seed), one line
   per index i, colored from the largest (dark) to the smallest (light)."""
+  from matplotlib import cm
+  from matplotlib.figure import Figure
+
   fig = Figure(figsize=(5 * len(optimizer_names), 4))
   axes = fig.subplots(1, len(optimizer_names), squeeze=False)[0]
   for ax, name in zip(axes, optimizer_names, strict=True):
@@ -773,16 +954,23 @@ def main(argv: list[str] | None = None) -> None:
   args = resolve(parse_args(argv))
   if args.vectorize_seeds and args.resume:
     _error("argument --vectorize-seeds: not with --resume (it writes no checkpoints)")
+  problem = _cli.out_in_use(
+    args.out, OUTPUTS, overwrite=args.overwrite, resume=args.resume
+  )
+  if problem:
+    _error(problem)
   if args.resume:
     check_resume(args)
   problem = _cli.unwritable(args.out)  # before any training
   if problem:
     _error(f"argument --out: {problem}")
+  if args.overwrite:
+    _cli.clear_outputs(args.out, OUTPUTS)
+  import jax
+
   print(_threads.describe())
   print(f"JAX {jax.__version__}, backend {jax.default_backend()}")
-  config = {
-    k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()
-  }
+  config = results_config(args)
   records = []
   seeds = list(range(args.seed, args.seed + args.seeds))
   if args.vectorize_seeds:
@@ -801,8 +989,8 @@ def main(argv: list[str] | None = None) -> None:
       summary = summarize(records, args.optimizers)
       results = {"config": config, "summary": summary, "runs": records}
       (args.out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
-  title = f"{args.task} ({args.model})"
-  plot(records, args.optimizers, args.out / "curves.png", title)
+  title = plot_title(args)
+  plot(records, args.optimizers, args.out / "curves.png", title, args.target_accuracy)
   written = ["results.json", "curves.png"]
   if args.spectrum:
     plot_spectrum(records, args.optimizers, args.out / "spectrum.png", title)

@@ -70,6 +70,7 @@ LABELS = {
 BASELINE = "sgd"
 QUICK = dict(tasks="add-97,parity-400-2", seeds=1, max_epochs=300)
 TARGET = 0.95
+OUTPUTS = ("table.md", "results.json")  # what a table writes into --out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     action="store_true",
     help="add-97 and parity-400-2, 1 seed, 300 epochs (minutes)",
   )
-  p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/paper_table"))
+  p.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=pathlib.Path("runs/paper_table"),
+    help="output folder (default runs/paper_table); one that holds files is "
+    "refused unless --overwrite is given",
+  )
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace the table in --out: delete its table.md and results.json first",
+  )
   p.add_argument("--progress", action="store_true", help="per-run progress bars")
   return p
 
@@ -279,9 +291,14 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
   """Run every (task, seed, optimizer) and write table.md and results.json."""
   args = parse_args(argv)
+  problem = _cli.out_in_use(args.out, OUTPUTS, overwrite=args.overwrite)
+  if problem:
+    build_parser().error(problem)
   problem = _cli.unwritable(args.out)  # before any training
   if problem:
     build_parser().error(f"argument --out: {problem}")
+  if args.overwrite:
+    _cli.clear_outputs(args.out, OUTPUTS)
   print(_threads.describe())
   command = "python -m experiments.paper_table " + shlex.join(
     sys.argv[1:] if argv is None else argv

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+import warnings
 
 import jax
 import optax
 
 from optax_egd import distributed
 from optax_egd.polar import Method
-from optax_egd.transform import DimensionNumbers, Scale, egd
+from optax_egd.transform import DimensionNumbers, Scale, _leaf_dims, egd
 
 MATRIX = "egd"
 OTHER = "adam"
@@ -44,18 +45,52 @@ def _is_dims(d: Any) -> bool:
 
 
 def _labels(dimension_numbers: Any) -> Callable[[Any], Any]:
-  """Params -> a tree of ``"egd"`` / ``"adam"`` labels."""
+  """Params -> a tree of ``"egd"`` / ``"adam"`` labels.
+
+  Default: 2-D leaves are matrices. Otherwise a leaf is a matrix when
+  ``dimension_numbers`` gives it a DimensionNumbers and it has two or more
+  axes, or the DimensionNumbers was given for that leaf alone (then ``egd``'s
+  ``init`` checks that it fits).
+  """
 
   def labels(params: Any) -> Any:
+    leaves, treedef = jax.tree.flatten(
+        params, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
     if dimension_numbers is None:
-      return jax.tree.map(lambda x: MATRIX if x.ndim == 2 else OTHER, params)
-    dims = dimension_numbers(params) if callable(dimension_numbers) else (
-        dimension_numbers)
-    return jax.tree.map(
-        lambda d, x: jax.tree.map(lambda _: OTHER if d is None else MATRIX, x),
-        dims, params, is_leaf=_is_dims)
+      names = [MATRIX if getattr(x, "ndim", 0) == 2 else OTHER for x in leaves]
+    else:
+      names = [MATRIX if d is not None and (getattr(x, "ndim", 0) >= 2 or own)
+               else OTHER for x, (d, own) in zip(
+                   leaves, _leaf_dims(dimension_numbers, params), strict=True)]
+    return jax.tree.unflatten(treedef, names)
 
   return labels
+
+
+MAX_LISTED = 4  # leaves a warning names before "and N more"
+
+
+def _warn_about_more_axes(params: Any) -> None:
+  """With the default dimension_numbers, warn that leaves with more than two
+  axes (stacked or scanned layers, conv and attention kernels) take AdamW."""
+  more = [f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)}"
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+          if getattr(leaf, "ndim", 0) >= 3]
+  if not more:
+    return
+  listed = ", ".join(more[:MAX_LISTED]) + (
+      f" and {len(more) - MAX_LISTED} more" if len(more) > MAX_LISTED else "")
+  warnings.warn(
+      "egdm: with dimension_numbers=None only 2-D leaves are matrices (as in"
+      " optax.contrib.muon), so these leaves with more axes take AdamW, not"
+      f" EGD: {listed}. To give them EGD, pass dimension_numbers saying which"
+      " axes form their matrices, e.g. for stacked (scanned) layers and conv"
+      " kernels: lambda params: jax.tree_util.tree_map_with_path(lambda path,"
+      " p: (DimensionNumbers((0, 1, 2), 3) if p.ndim == 4 else"
+      " DimensionNumbers(-2, -1)) if 'kernel' in jax.tree_util.keystr(path)"
+      " else None, params) (docs/guide/egd.md, 'Which leaves egdm treats as"
+      " matrices'); give them None there to keep AdamW without this warning.",
+      UserWarning, stacklevel=3)
 
 
 def _check_fraction(name: str, value: Any) -> None:
@@ -123,12 +158,16 @@ def egdm(
       None: ``learning_rate``.
     adam_b1, adam_b2, adam_eps: AdamW's moment decays and epsilon.
     adam_weight_decay: AdamW's decoupled weight decay on the other leaves.
-    dimension_numbers: which leaves are matrices and how: None (default)
-      makes every 2-D leaf a ``(fan_in, fan_out)`` matrix and every other
-      leaf an AdamW leaf, as ``optax.contrib.muon``; or a tree (or a callable
-      from params to a tree) with a :class:`optax_egd.DimensionNumbers` for
-      each matrix leaf (any rank: extra axes are a batch) and None for each
-      AdamW leaf.
+    dimension_numbers: which leaves are matrices and how. None (default):
+      every 2-D leaf is a ``(fan_in, fan_out)`` matrix and every other leaf
+      takes AdamW, as in ``optax.contrib.muon``; leaves with three or more
+      axes (scanned layers, conv and attention kernels) are ambiguous, so
+      ``init`` warns, naming them, that they take AdamW. Otherwise what
+      :func:`optax_egd.egd` takes: a :class:`optax_egd.DimensionNumbers`
+      (for every leaf with two or more axes), a tree of them matched by key
+      names (an entry for a subtree stands for its leaves with two or more
+      axes; None: AdamW), or a callable from params to such a tree. Extra
+      axes are a batch of matrices.
     method: passed to :func:`optax_egd.egd`, as are ``scale`` (``"muon"``
       by default here), ``rank``, ``oversample``, ``power_iters``,
       ``ns_steps``, ``rtol``, ``key``, ``enabled`` and ``distribute``.
@@ -137,6 +176,10 @@ def egdm(
     An ``optax.GradientTransformationExtraArgs``; its state is
     ``optax.PartitionState`` with inner states ``"egd"`` and ``"adam"``
     (``optax.tree.set(state, enabled=False)`` turns EGD off).
+
+  Warns:
+    UserWarning: at ``init`` with the default ``dimension_numbers``, naming
+    the leaves with three or more axes (they take AdamW).
 
   Raises:
     ValueError: at construction, for an argument out of its range (named).
@@ -158,16 +201,11 @@ def egdm(
       _check_nonnegative(name, value)
   if not isinstance(nesterov, bool):
     raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
-  if isinstance(dimension_numbers, DimensionNumbers):
-    raise TypeError(
-        "dimension_numbers must be a tree (or callable) matching the params,"
-        " with None for the AdamW leaves; got a single DimensionNumbers")
   if dimension_numbers is not None and not callable(dimension_numbers) and not all(
-      d is None or isinstance(d, DimensionNumbers) for d in jax.tree.leaves(
-          dimension_numbers, is_leaf=_is_dims)):
+      _is_dims(d) for d in jax.tree.leaves(dimension_numbers, is_leaf=_is_dims)):
     raise TypeError(
-        "dimension_numbers must be None, a tree of DimensionNumbers/None or a"
-        f" callable, got {dimension_numbers!r}")
+        "dimension_numbers must be None, a DimensionNumbers, a tree of"
+        f" DimensionNumbers/None or a callable, got {dimension_numbers!r}")
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
   labels = _labels(dimension_numbers)
@@ -182,4 +220,12 @@ def egdm(
   )
   others = optax.adamw(adam_learning_rate, adam_b1, adam_b2, adam_eps,
                        weight_decay=adam_weight_decay)
-  return optax.partition({MATRIX: matrices, OTHER: others}, labels)
+  tx = optax.partition({MATRIX: matrices, OTHER: others}, labels)
+  if dimension_numbers is not None:
+    return tx
+
+  def init_fn(params: optax.Params) -> Any:
+    _warn_about_more_axes(params)
+    return tx.init(params)
+
+  return optax.GradientTransformationExtraArgs(init_fn, tx.update)

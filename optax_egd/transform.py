@@ -108,20 +108,75 @@ def _check_enabled(enabled: Any) -> None:
   raise TypeError(f"enabled must be a bool, got {enabled!r}")
 
 
-def _resolve_dims(spec: DimensionNumbersSpec, tree: Any) -> Any:
-  """A tree matching ``tree`` with a DimensionNumbers (or None) per leaf."""
+# What a message suggests for leaves that need different axes.
+_FIX_HINT = (
+    "give each its own DimensionNumbers, e.g. {'conv': {'kernel': conv,"
+    " 'bias': None}, 'dense': None}, or pass a callable by ndim, e.g."
+    " lambda params: jax.tree.map(lambda p: conv if p.ndim == 4 else None,"
+    " params)")
+
+
+def _path_keys(path: tuple[Any, ...]) -> tuple[Any, ...]:
+  """The names in a key path (dict keys, indices, attribute names)."""
+  names = []
+  for entry in path:
+    for field in ("key", "idx", "name"):
+      if hasattr(entry, field):
+        names.append(getattr(entry, field))
+        break
+    else:
+      names.append(entry)
+  return tuple(names)
+
+
+def _leaf_dims(spec: DimensionNumbersSpec, tree: Any
+               ) -> list[tuple[DimensionNumbers | None, bool]]:
+  """Per leaf of ``tree`` (``MaskedNode`` leaves included, in flatten order):
+  the DimensionNumbers or None that ``spec`` gives it, and whether ``spec``
+  gives it for that leaf alone.
+
+  A tree ``spec`` is matched by key names, so a dict fits a Flax NNX
+  ``State``, linen's params or an Equinox module alike: an entry stands for
+  every leaf below its path (a prefix, as with ``optax.contrib.muon``).
+  Raises for a leaf with no entry and for an entry that names no leaf.
+  """
   if callable(spec) and not isinstance(spec, DimensionNumbers):
     spec = spec(tree)
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=masked)[0]]
   if spec is None or isinstance(spec, DimensionNumbers):
-    return jax.tree.map(lambda _: spec, tree)
-  # A prefix tree (as optax.contrib.muon takes): a None or DimensionNumbers
-  # stands for every leaf of the subtree under it.
-  try:
-    return jax.tree.map(
-        lambda d, sub: jax.tree.map(lambda _: d, sub), spec, tree,
-        is_leaf=_is_dims)
-  except (ValueError, TypeError):
-    return spec  # not a prefix of the params: the caller reports it
+    return [(spec, False)] * len(paths)
+  entries: dict[tuple[Any, ...], list[Any]] = {}
+  for path, dim in jax.tree_util.tree_flatten_with_path(
+      spec, is_leaf=lambda x: _is_dims(x) or masked(x))[0]:
+    if not _is_dims(dim) and not masked(dim):
+      raise TypeError(
+          "dimension_numbers must give a DimensionNumbers or None per leaf;"
+          f" got {dim!r} at {jax.tree_util.keystr(path)}")
+    entries[_path_keys(path)] = [None if masked(dim) else dim, path, 0]
+  found = []
+  for path in paths:
+    keys = _path_keys(path)
+    entry = next((entries[keys[:n]] for n in range(len(keys), -1, -1)
+                  if keys[:n] in entries), None)
+    if entry is None:
+      raise ValueError(
+          f"dimension_numbers has no entry for leaf {jax.tree_util.keystr(path)}:"
+          " give a DimensionNumbers or None for it or for a subtree above it"
+          " (entries are matched by key name, as the params print), or pass a"
+          " callable from params to such a tree, e.g. lambda params:"
+          " jax.tree.map(lambda p: conv if p.ndim == 4 else None, params)")
+    entry[2] += 1
+    found.append(entry)
+  unused = [jax.tree_util.keystr(path) for _, path, count in entries.values()
+            if not count]
+  if unused:
+    top = sorted({str(_path_keys(path)[0]) for path in paths if path})
+    raise ValueError(
+        f"dimension_numbers names {', '.join(unused)}, which is not in the"
+        f" params (their top-level keys: {', '.join(top)})")
+  return [(dim, count == 1) for dim, _, count in found]
 
 
 def _is_dims(x: Any) -> bool:
@@ -174,45 +229,34 @@ def _normalized_axes(shape: tuple[int, ...], dims: DimensionNumbers,
 def _check_dims_fit(spec: DimensionNumbersSpec, tree: Any) -> None:
   """Checks ``spec`` against the leaves of ``tree`` (the params, at init).
 
-  Raises naming the leaf's path, its shape and the axis. A single
-  DimensionNumbers applies to every leaf with two or more dimensions; when it
-  does not fit one of them the message says to pass a tree or a callable.
+  Raises naming the leaf's path, its shape and the axis. A DimensionNumbers
+  that stands for several leaves (a single one for the whole tree, or one for
+  a subtree such as a layer's kernel and bias) applies to those with two or
+  more dimensions; when it does not fit one of them the message says how to
+  give leaves different axes. One given for a leaf alone must fit it.
   """
   if spec is None:
     return
-  is_leaf = lambda x: isinstance(x, optax.MaskedNode)
-  paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=is_leaf)
-  resolved = _resolve_dims(spec, tree)
-  try:
-    dims = treedef.flatten_up_to(resolved)  # type: ignore[attr-defined]
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        "dimension_numbers must have the structure of the params (a"
-        " DimensionNumbers or None per leaf); got a tree that does not match:"
-        f" {e}") from None
-  single = isinstance(spec, DimensionNumbers)
-  for (path, leaf), dim in zip(paths_leaves, dims, strict=True):
-    if isinstance(leaf, optax.MaskedNode):
-      continue
-    if not _is_dims(dim):
-      raise TypeError(
-          "dimension_numbers must give a DimensionNumbers or None per leaf;"
-          f" got {dim!r} for leaf {jax.tree_util.keystr(path)}")
+  paths_leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode))[0]
+  for (path, leaf), (dim, own) in zip(paths_leaves, _leaf_dims(spec, tree),
+                                      strict=True):
     shape = getattr(leaf, "shape", None)
-    if dim is None or shape is None or (single and len(shape) < 2):
+    if isinstance(leaf, optax.MaskedNode) or dim is None or shape is None or (
+        not own and len(shape) < 2):
       continue
     try:
       _normalized_axes(tuple(shape), dim, jax.tree_util.keystr(path))
     except ValueError as e:
-      if not single:
+      if own:
         raise
+      what = ("A single DimensionNumbers applies to every leaf" if isinstance(
+          spec, DimensionNumbers) else "A DimensionNumbers given for a subtree"
+              " applies to every leaf below it")
       raise ValueError(
-          f"{e}. A single DimensionNumbers applies to every leaf with two or"
-          " more dimensions; if the leaves need different axes (e.g. conv"
-          " kernels and dense layers), pass a tree of DimensionNumbers (None"
-          " for the default) or a callable from params to such a tree"
-          ) from None
+          f"{e}. {what} with two or more dimensions;"
+          f" if they need different axes (e.g. conv and dense kernels),"
+          f" {_FIX_HINT}") from None
 
 
 class _Matrixify(NamedTuple):
@@ -300,17 +344,21 @@ def egd(
       and splits it every step. May be traced (``inject_hyperparams``).
     dimension_numbers: which axes of a leaf form the matrix, as a
       :class:`DimensionNumbers`, a tree of them (``None`` leaves take the
-      default; a prefix of the params' tree stands for every leaf below it,
-      as with ``optax.contrib.muon``), or a callable from params to such a
-      tree. Default: the last two
-      axes form the matrix and leading axes are a batch (stacked or scanned
-      layers). For a conv kernel (h, w, in, out) use
+      default), or a callable from params to such a tree. Default: the last
+      two axes form the matrix and leading axes are a batch (stacked or
+      scanned layers). A tree is matched by key names, so a dict fits a Flax
+      NNX ``State`` as well as linen's params; an entry for a subtree (a
+      prefix, as with ``optax.contrib.muon``) stands for every leaf below it
+      with two or more dimensions, so ``{"conv": conv, "dense": None}`` gives
+      ``conv`` to the conv layer's kernel and passes its bias through. For a
+      conv kernel (h, w, in, out) use
       ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``; a single
       DimensionNumbers applies to every leaf with two or more dimensions, so
-      for a model that also has dense layers give a tree or a callable.
-      Negative axes count from the end (-1 is the last); axes must be distinct
-      and in range for the leaf. ``init`` checks them against the params and
-      raises naming the leaf, its shape and the axis.
+      for a model that also has dense layers give a tree or a callable by
+      ``ndim``. Negative axes count from the end (-1 is the last); axes must
+      be distinct and in range for the leaf. ``init`` checks them against the
+      params and raises naming the leaf, its shape and the axis, and for a
+      leaf with no entry or an entry that names no leaf.
     enabled: initial value of ``state.enabled``.
     distribute: layer-parallel decompositions: an
       :class:`optax_egd.Distribute` (a mesh and axis names) or a
@@ -383,8 +431,8 @@ def egd(
     # leaves so that a full-params tree of dimension numbers still lines up.
     leaves, treedef = jax.tree.flatten(
         updates, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
-    dims = treedef.flatten_up_to(  # type: ignore[attr-defined]
-        _resolve_dims(dimension_numbers, updates)) if leaves else []
+    dims = [dim for dim, _ in _leaf_dims(dimension_numbers, updates)
+            ] if leaves else []
     groups: dict[tuple[int, int, Any], list[int]] = {}
     layouts: dict[int, _Matrixify] = {}
     for i, (leaf, dim) in enumerate(zip(leaves, dims, strict=True)):

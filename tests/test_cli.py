@@ -107,8 +107,12 @@ def test_grok_accepts_the_ends_of_the_ranges():
 def test_train_size_is_the_data_split(task):
   import jax
 
-  argv = ["--task", task, "--p", "13", "--train-fraction", "0.37", "--n-train", "40"]
-  args = grok_resolve([*argv, "--n-test", "8", "--batch-size", "8"])
+  argv = ["--task", task, "--batch-size", "8"] + (
+    ["--n-train", "40", "--n-test", "8"]
+    if task == "parity"
+    else ["--p", "13", "--train-fraction", "0.37"]
+  )
+  args = grok_resolve(argv)
   data = grok.make_data(args, jax.random.key(0))
   assert grok.train_size(args) == data.x_train.shape[0]
 
@@ -385,3 +389,181 @@ def test_command_line_errors_without_traceback(module, argv, message):
   assert "Traceback" not in done.stderr
   last = done.stderr.splitlines()[-1]
   assert last.startswith(f"python -m experiments.{module}: error: {message}")
+
+
+# A second run into the same --out (issue 19): refused unless --resume or
+# --overwrite; --overwrite deletes the old run's files first.
+
+
+class _Started(Exception):
+  """Raised by a stand-in for training once the checks have passed."""
+
+
+def _old_run(out: pathlib.Path) -> pathlib.Path:
+  (out / "checkpoints" / "egd-seed0" / "2").mkdir(parents=True)
+  for name in ("results.json", "curves.png", "spectrum.png"):
+    (out / name).write_text("old")
+  return out
+
+
+def test_grok_refuses_an_out_that_holds_a_run(capsys, tmp_path, monkeypatch):
+  monkeypatch.setattr(grok, "run_one", _no_training)
+  out = _old_run(tmp_path / "run")
+  line = usage_error(capsys, grok.main, [*TINY, "--out", str(out)])
+  assert f"argument --out: {out} already holds a run (" in line
+  assert "results.json" in line and "checkpoints" in line
+  fix = "give --resume to continue it, --overwrite to replace it, or another --out"
+  assert fix in line
+  (out / "notes.txt").write_text("mine")
+  for extra, message in [
+    ([], f"argument --out: {out} is not empty (it has notes.txt"),
+    (["--overwrite"], "argument --overwrite: "),
+  ]:
+    line = usage_error(capsys, grok.main, [*TINY, "--out", str(out), *extra])
+    assert message in line and "give another --out" in line
+  assert (out / "results.json").exists() and (out / "notes.txt").exists()
+  line = usage_error(
+    capsys, grok.main, [*TINY, "--out", str(out), "--resume", "--overwrite"]
+  )
+  assert "argument --overwrite: not with --resume" in line
+
+
+def test_grok_overwrite_deletes_the_old_run_before_training(tmp_path, monkeypatch):
+  out = _old_run(tmp_path / "run")
+
+  def started(args, name, seed):
+    assert sorted(p.name for p in out.iterdir()) == []
+    raise _Started
+
+  monkeypatch.setattr(grok, "run_one", started)
+  with pytest.raises(_Started):
+    grok.main([*TINY, "--out", str(out), "--overwrite", "--checkpoint-every", "0"])
+
+
+def test_paper_table_refuses_an_out_that_holds_a_table(capsys, tmp_path, monkeypatch):
+  out = tmp_path / "table"
+  out.mkdir()
+  (out / "table.md").write_text("old")
+  monkeypatch.setattr(paper_table, "run_record", _no_training)
+  line = usage_error(capsys, paper_table.main, ["--tasks", "add-79", "--out", str(out)])
+  assert f"argument --out: {out} already holds a run (table.md)" in line
+  assert "--overwrite to replace it, or another --out" in line
+
+  def started(*args):
+    assert not (out / "table.md").exists()
+    raise _Started
+
+  monkeypatch.setattr(paper_table, "run_record", started)
+  with pytest.raises(_Started):
+    paper_table.main(["--tasks", "add-79", "--out", str(out), "--overwrite"])
+
+
+# Task-dependent defaults and options (issue 19).
+
+
+def test_batch_size_default_fits_the_training_set():
+  assert grok_resolve(["--p", "23"]).batch_size == 264  # 23² // 2 pairs
+  assert grok_resolve(["--p", "97"]).batch_size == 512
+  small = grok_resolve(["--task", "parity", "--k", "2", "--n-train", "20"])
+  assert small.batch_size == 20
+  assert grok_resolve(["--task", "parity", "--k", "2"]).batch_size == 32
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--p", "23", "--batch-size", "300"], "--batch-size: must be in [1, 264]"),
+    (["--task", "parity", "--p", "97"], "argument --p: --task parity does not use it"),
+    (["--task", "parity", "--train-fraction", "0.3"], "--train-fraction: --task pa"),
+    (["--task", "mnist", "--encoding", "tokens"], "argument --encoding: --task mnist"),
+    (["--n-test", "50"], "argument --n-test: --task mod_add does not use it"),
+    (["--k", "3"], "argument --k: --task mod_add does not use it"),
+    (["--task", "mnist", "--hidden", "8"], "argument --hidden: --model omnigrok does"),
+    (["--layers", "3"], "argument --layers: --model mlp does not use it"),
+    (["--width", "64"], "argument --width: --model mlp does not use it"),
+  ],
+)  # fmt: skip
+def test_grok_rejects_options_the_task_does_not_use(capsys, argv, message):
+  assert message in usage_error(capsys, grok_resolve, argv)
+
+
+def test_grok_help_shows_the_defaults(capsys):
+  parser = grok.build_parser()
+  parser.formatter_class = lambda prog: grok.argparse.HelpFormatter(
+    prog, width=10**4, max_help_position=100
+  )  # one line per option
+  lines = parser.format_help().splitlines()
+  for option, default in [
+    ("--p P", "default 97"),
+    ("--batch-size BATCH_SIZE", "default: the task's"),
+    ("--max-epochs MAX_EPOCHS", "default 2000"),
+    ("--seed SEED", "default 0"),
+    ("--out OUT", "default runs/grok"),
+    ("--train-fraction TRAIN_FRACTION", "default 0.5"),
+    ("--n-test N_TEST", "default 10000"),
+  ]:
+    line = next(line for line in lines if line.strip().startswith(option + " "))
+    assert default in line, line
+
+
+def test_grok_help_does_not_import_jax():
+  code = (
+    "import sys\nfrom experiments import grok\n"
+    "try:\n  grok.main(['--help'])\nexcept SystemExit:\n  pass\n"
+    "print(sorted({m.split('.')[0] for m in sys.modules} & "
+    "{'jax', 'flax', 'optax', 'optax_egd', 'matplotlib', 'orbax', 'tqdm'}))"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert done.stdout.startswith("usage: python -m experiments.grok"), done.stderr
+  assert done.stdout.splitlines()[-1] == "[]", done.stdout.splitlines()[-1]
+
+
+# Plots and records (issue 19).
+
+
+def test_curves_have_fixed_accuracy_axes_a_target_line_and_the_task_in_the_title(
+  tmp_path,
+):
+  curves = {"train_loss": [2.0, 1.0], "test_loss": [3.0, 3.1],
+            "train_acc": [0.5, 0.9], "test_acc": [0.001, 0.0075]}  # fmt: skip
+  records = [{"optimizer": "sgd", "seed": 0, "epochs": 2, "curves": curves}]
+  args = grok_resolve(TINY)
+  fig = grok.plot(records, ["sgd"], tmp_path / "curves.png", grok.plot_title(args),
+                  target=0.95)  # fmt: skip
+  train_acc, test_acc = fig.axes[0], fig.axes[1]
+  for ax in (train_acc, test_acc):
+    low, high = ax.get_ylim()
+    assert low == 0 and 1 <= high <= 1.05
+    targets = [line for line in ax.get_lines() if line.get_label() == "target 95%"]
+    assert targets and set(targets[0].get_ydata()) == {0.95}
+  title = fig._suptitle.get_text()
+  assert "mod 11" in title and "p = 11" in title and "50% train" in title, title
+  parity = grok.plot_title(grok_resolve(["--task", "parity", "--k", "3"]))
+  assert "n = 100" in parity and "k = 3" in parity and "2000 train" in parity, parity
+  assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
+
+
+def _result(egd_enabled):
+  from experiments.train import History, RunResult
+
+  n = len(egd_enabled)
+  history = History(train_loss=[1.0] * n, train_acc=[0.5] * n, test_loss=[1.0] * n,
+                    test_acc=[0.1] * n, seconds=[0.1] * n,
+                    egd_enabled=egd_enabled)  # fmt: skip
+  return RunResult(history, compile_seconds=1.0, steps_per_epoch=3)
+
+
+def test_results_record_only_the_fields_that_apply():
+  muon = grok.run_record("muon", 0, _result([None, None]))
+  assert "egd_enabled" not in muon["curves"] and "egd_off_epoch" not in muon
+  assert "grad_spectrum" not in muon["curves"]  # no --spectrum
+  egd = grok.run_record("egd", 0, _result([True, False]))
+  assert egd["curves"]["egd_enabled"] == [True, False] and "egd_off_epoch" in egd
+  mod_add = grok.results_config(grok_resolve(TINY))
+  assert mod_add["p"] == 11 and mod_add["train_fraction"] == 0.5
+  assert not {"n", "k", "n_train", "n_test", "layers", "depth", "width"} & set(mod_add)
+  parity = grok.results_config(grok_resolve(["--task", "parity", "--k", "3"]))
+  assert parity["n_test"] == 10000 and parity["n"] == 100
+  assert not {"p", "train_fraction", "encoding"} & set(parity)

@@ -138,10 +138,30 @@ _PAGES_WITH_CODE = sorted(p for p in DOCS.rglob("*.md")
                           if "_build" not in p.parts and _python_blocks(p))
 
 
+# What a page's examples must print: the lines its text promises the reader.
+_EXPECTED_OUTPUT = {
+    # A complete training run: test accuracy per epoch, grokking within 20 epochs.
+    "getting_started.md": [
+        r"^epoch  1: train accuracy \d\.\d{3}, test accuracy \d\.\d{3}$",
+        r"^grokked: test accuracy >= 95% after ([1-9]|1\d|20) epochs$"],
+    # dimension_numbers on a Flax NNX and a linen CNN, egdm on a scanned NNX model.
+    "guide/egd.md": [r"^\[0\.1 0\.1 0\.1 0\.1 0\.1 0\.1 0\.1 0\.1\]$",
+                     r"^\[1\. 1\. 1\. 1\. 1\. 1\. 1\. 1\.\]$",
+                     r"take AdamW, not EGD: \['blocks'\]\['linear'\]\['kernel'\]",
+                     r"^\[0\.02 0\.02 0\.02 0\.02\]$"],
+}
+
+
+def test_every_page_with_expected_output_exists():
+  pages = {p.relative_to(DOCS).as_posix() for p in _PAGES_WITH_CODE}
+  assert set(_EXPECTED_OUTPUT) <= pages
+
+
 @pytest.mark.parametrize("page", _PAGES_WITH_CODE,
                          ids=[p.relative_to(DOCS).as_posix() for p in _PAGES_WITH_CODE])
 def test_python_examples_in_the_docs_run(page: pathlib.Path, capsys):
-  """Every ```python block of a docs page runs, in order, in one namespace."""
+  """Every ```python block of a docs page runs, in order, in one namespace, and
+  prints what the page says it prints."""
   if page.name == "lapack_deadlock.md":
     # Its block is the jaxlib CPU deadlock reproduction: it may hang by design
     # (benchmarks/lapack_deadlock_repro.py runs it with a deadline).
@@ -149,4 +169,6 @@ def test_python_examples_in_the_docs_run(page: pathlib.Path, capsys):
   namespace: dict = {"__name__": f"docs_{page.stem}"}
   for block in _python_blocks(page):
     exec(compile(block, str(page), "exec"), namespace)  # noqa: S102
-  capsys.readouterr()
+  printed = capsys.readouterr().out
+  for pattern in _EXPECTED_OUTPUT.get(page.relative_to(DOCS).as_posix(), []):
+    assert re.search(pattern, printed, re.MULTILINE), (pattern, printed)

@@ -4,10 +4,7 @@ it cannot install the package."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-import subprocess
-import sys
 
 import pytest
 
@@ -55,44 +52,57 @@ def test_notebook_ships_outputs_of_a_full_run() -> None:
   assert "epoch cap: 20\n" not in text, "stored outputs are from the short mode"
 
 
-# Runs the install cell in IPython as a fresh Colab would: optax_egd is not
-# importable (the editable install's finder and the checkout are off the
-# path) and the working directory is not inside a checkout.
-_FRESH_COLAB = r"""
-import pathlib, sys
-root = pathlib.Path(sys.argv[1]).resolve()
-sys.meta_path[:] = [f for f in sys.meta_path
-                    if not getattr(f, "__module__", "").startswith("__editable__")]
-sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != root]
-import importlib.util
-assert importlib.util.find_spec("optax_egd") is None, "optax_egd still importable"
-from IPython.core.interactiveshell import InteractiveShell
-result = InteractiveShell.instance().run_cell(sys.stdin.read())
-print("CELL", "succeeded" if result.success else "failed")
-"""
-
-
 def _install_cell() -> str:
   nb = nbformat.read(NOTEBOOK, as_version=4)
   return next(cell.source for cell in nb.cells
               if cell.cell_type == "code" and "OPTAX_EGD_SOURCE" in cell.source)
 
 
-@pytest.mark.parametrize("source,reason", [
-    ("{tmp}/optax_egd-0.0.0-py3-none-any.whl", "pip could not install optax-egd"),
-    ("", "OPTAX_EGD_SOURCE is empty"),
-])
-def test_install_cell_fails_with_one_line(tmp_path: Path, source: str,
-                                          reason: str) -> None:
-  env = dict(os.environ, OPTAX_EGD_SOURCE=source.format(tmp=tmp_path),
-             PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-  env.pop("PYTHONPATH", None)
-  done = subprocess.run(
-      [sys.executable, "-c", _FRESH_COLAB, str(ROOT)], input=_install_cell(),
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-  output = done.stdout + done.stderr
-  assert "CELL failed" in output, output
-  assert "Traceback" not in output and "CalledProcessError" not in output, output
-  errors = [line for line in output.splitlines() if "InstallError" in line]
-  assert len(errors) == 1 and reason in errors[0], output
-  assert "OPTAX_EGD_SOURCE" in errors[0], output
+# Makes the kernel a fresh Colab: optax_egd is not importable (the editable
+# install's finder and every checkout on the path are hidden), the working
+# directory is not inside a checkout, and pip has no index (nothing to fetch).
+_FRESH_COLAB = r"""
+import importlib.util, os, pathlib, sys
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path[:] = [p for p in sys.path
+               if not (pathlib.Path(p or ".") / "optax_egd").is_dir()]
+assert importlib.util.find_spec("optax_egd") is None, "optax_egd still importable"
+os.environ.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+"""
+
+# A host under .invalid never resolves (RFC 2606).
+BAD_GIT = "git+https://nonexistent.invalid/optax-egd/optax-egd"
+
+
+def test_install_cell_under_a_kernel_says_why_pip_failed(tmp_path: Path) -> None:
+  """The install cell under a real Jupyter kernel (ipykernel sets FORCE_COLOR, so
+  pip colours its lines): for each bad source, one line that names the cause and
+  advice that does not send the user back to the source that failed."""
+  wheel = str(tmp_path / "optax_egd-0.0.0-py3-none-any.whl")
+  sources = [BAD_GIT, wheel, ""]
+  cell = _install_cell()
+  nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(_FRESH_COLAB)] + [
+      nbformat.v4.new_code_cell(f"os.environ['OPTAX_EGD_SOURCE'] = {source!r}\n" + cell)
+      for source in sources])
+  nbclient.NotebookClient(
+      nb, timeout=120, kernel_name="python3", allow_errors=True,
+      resources={"metadata": {"path": str(tmp_path)}}).execute()
+  assert not nb.cells[0].outputs, nb.cells[0].outputs
+  messages = {}
+  for source, cell_run in zip(sources, nb.cells[1:], strict=True):
+    errors = [out for out in cell_run.outputs if out.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "InstallError", cell_run.outputs
+    assert errors[0].traceback == [f"InstallError: {errors[0].evalue}"]
+    messages[source] = message = errors[0].evalue
+    assert "\x1b" not in message and "\n" not in message, repr(message)
+    assert "OPTAX_EGD_SOURCE" in message, message
+  git, missing, empty = (messages[s] for s in sources)
+  # The cause, as git and pip say it, and advice that is not "use that URL".
+  assert "Could not resolve host: nonexistent.invalid" in git, git
+  assert "originates from a subprocess" not in git, git
+  assert git.count(BAD_GIT) == 1 and "upload an optax_egd wheel" in git, git
+  assert "No such file or directory" in missing, missing
+  advice = missing.split("No such file or directory", 1)[1]
+  assert "git+https://github.com/optax-egd/optax-egd" in advice, missing
+  assert "OPTAX_EGD_SOURCE is empty" in empty, empty

@@ -213,13 +213,15 @@ _CONV_AND_DENSE = {"conv": jnp.ones((3, 3, 2, 4)),
      r"axis -3 is out of range for 2 dimensions"),
     # The README's conv numbers as one value for a model with dense layers.
     (CONV, _CONV_AND_DENSE,
-     r"\['dense'\]\['w'\] of shape \(8, 4\): axis 2 is out of range.*pass a"
-     r" tree of DimensionNumbers.*or a callable"),
+     r"\['dense'\]\['w'\] of shape \(8, 4\): axis 2 is out of range.*single"
+     r" DimensionNumbers applies to every leaf with two or more dimensions.*give"
+     r" each its own DimensionNumbers.*or pass a callable by ndim"),
     (lambda p: {"conv": CONV, "dense": {"w": CONV, "b": None}}, _CONV_AND_DENSE,
      r"\['dense'\]\['w'\] of shape \(8, 4\): axis 2 is out of range"),
     (DimensionNumbers(0, (0, 1)), {"w": jnp.ones((3, 4))}, "disjoint"),
     (DimensionNumbers((1, 1), 2), {"w": jnp.ones((3, 4, 5))}, "distinct"),
-    ({"w": None, "v": None}, {"w": jnp.ones((3, 4))}, "structure of the params"),
+    ({"w": None, "v": None}, {"w": jnp.ones((3, 4))},
+     r"names \['v'\], which is not in the params"),
 ])
 def test_dimension_numbers_that_do_not_fit_raise_at_init(dims, params, match):
   tx = egd(method="svd", dimension_numbers=dims)
@@ -691,3 +693,94 @@ def test_several_stacked_shapes_do_not_hang():
                         capture_output=True, text=True, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == "done"
+
+
+# --------------------------------------------------------------------------
+# dimension_numbers on the trees Flax NNX and linen produce: a CNN with a conv
+# layer and a dense layer, each with a kernel and a bias.
+
+
+def _nnx_cnn_params():
+  class CNN(nnx.Module):
+
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
+      self.dense = nnx.Linear(4, 5, rngs=rngs)
+
+  return nnx.state(CNN(nnx.Rngs(0)), nnx.Param)  # an nnx.State of nnx.Params
+
+
+def _linen_cnn_params():
+  import flax.linen as nn
+
+  class CNN(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(4, (3, 3))(x)
+      return nn.Dense(5)(x.mean(axis=(1, 2)))
+
+  return CNN().init(jax.random.key(0), jnp.ones((1, 6, 6, 2)))
+
+
+def _check_cnn(updates, grads, conv_kernel, dense_kernel, biases):
+  np.testing.assert_allclose(conv_kernel(updates),
+                             _conv_reference(np.asarray(conv_kernel(grads))),
+                             atol=2e-5)
+  assert_polar(dense_kernel(updates), dense_kernel(grads))
+  for bias in biases:
+    np.testing.assert_array_equal(bias(updates), bias(grads))
+
+
+_BY_NDIM = lambda params: jax.tree.map(  # noqa: E731
+    lambda p: CONV if p.ndim == 4 else None, params)
+
+
+@pytest.mark.parametrize("form", ["subtree", "per_leaf", "callable"])
+def test_conv_dimension_numbers_on_an_nnx_cnn(form):
+  params = _nnx_cnn_params()
+  grads = jax.tree.map(lambda p: jnp.asarray(_randn(p.size, *p.shape)), params)
+  dims = {"subtree": {"conv": CONV, "dense": None},
+          "per_leaf": {"conv": {"kernel": CONV, "bias": None}, "dense": None},
+          "callable": _BY_NDIM}[form]
+  updates, _ = run(egd(method="svd", dimension_numbers=dims), grads)
+  _check_cnn(updates, grads, lambda t: t["conv"]["kernel"][...],
+             lambda t: t["dense"]["kernel"][...],
+             [lambda t: t["conv"]["bias"][...], lambda t: t["dense"]["bias"][...]])
+
+
+@pytest.mark.parametrize("form", ["subtree", "per_leaf", "callable"])
+def test_conv_dimension_numbers_on_a_linen_cnn(form):
+  params = _linen_cnn_params()
+  grads = jax.tree.map(lambda p: jnp.asarray(_randn(p.size, *p.shape)), params)
+  dims = {"subtree": {"params": {"Conv_0": CONV, "Dense_0": None}},
+          "per_leaf": {"params": {"Conv_0": {"kernel": CONV, "bias": None},
+                                  "Dense_0": None}},
+          "callable": _BY_NDIM}[form]
+  updates, _ = run(egd(method="svd", dimension_numbers=dims), grads)
+  _check_cnn(updates, grads, lambda t: t["params"]["Conv_0"]["kernel"],
+             lambda t: t["params"]["Dense_0"]["kernel"],
+             [lambda t: t["params"]["Conv_0"]["bias"],
+              lambda t: t["params"]["Dense_0"]["bias"]])
+
+
+@pytest.mark.parametrize("dims,match", [
+    # The conv numbers for a subtree that also holds a dense kernel.
+    ({"conv": CONV, "dense": CONV},
+     r"\['dense'\]\['kernel'\].*of shape \(4, 5\): axis 2 is out of range.*"
+     r"\{'conv': \{'kernel': conv, 'bias': None\}.*lambda params: jax.tree.map"),
+    # A name the params do not have (a typo) and a leaf with no entry.
+    ({"conv": CONV, "Dense": None}, r"no entry for leaf \['dense'\]\['bias'\]"),
+    ({"conv": CONV, "dense": None, "head": None},
+     r"names \['head'\], which is not in the params"),
+])
+def test_dimension_numbers_messages_give_the_fix(dims, match):
+  tx = egd(method="svd", dimension_numbers=dims)
+  with pytest.raises(ValueError, match=match):
+    tx.init(_nnx_cnn_params())
+
+
+def test_a_dimension_numbers_given_for_a_vector_leaf_itself_must_fit_it():
+  tx = egd(dimension_numbers={"w": None, "b": DimensionNumbers(0, 1)})
+  with pytest.raises(ValueError, match=r"leaf \['b'\] of shape \(3,\): axis 1"):
+    tx.init({"w": jnp.ones((2, 3)), "b": jnp.ones(3)})
