@@ -30,8 +30,24 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check optax_egd
 	$(BIN)/mypy optax_egd
 
+# `make test`: lint, docs, and every test but the `full` ones, on 2 pytest-xdist
+# workers (a test file per worker at a time: module fixtures run once).
+# `make test FILE=tests/test_polar.py` (or a test id, or several): only those,
+# in this process, without lint and docs. `make test-full`: the `full` ones
+# (long harness tails, repeated hang checks, long runs); CI runs both.
+FILE ?=
+PYTEST_WORKERS ?= $(if $(FILE),0,2)
+PYTEST_ARGS ?=
+PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+ifeq ($(FILE),)
 test: lint docs
-	$(BIN)/python -m pytest
+endif
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -m "not full" $(PYTEST_XDIST) $(PYTEST_ARGS) $(FILE)
+
+.PHONY: test-full
+test-full: $(VENV)/.dev
+	$(BIN)/python -m pytest -m full $(PYTEST_XDIST) $(PYTEST_ARGS) $(FILE)
 
 # The HTML site in docs/_build/html. -W: a warning (broken link, bad docstring,
 # missing page) fails the build; -E: re-read every page, so docstring changes

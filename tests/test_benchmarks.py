@@ -159,7 +159,7 @@ def test_svd_counts_multiply_loop_trip_counts(
   assert counts["8×8"] == 3 + 1, counts
 
 
-@pytest.mark.slow
+@pytest.mark.full  # the CLI on 1-8 simulated devices, ~11 s
 def test_layer_parallel_counts_matrices_per_device(
     tmp_path: pathlib.Path) -> None:
   """2 layers of (16×16, 16×64) on 1, 2, 4, 8 simulated devices."""

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "egd_colab.ipynb"
 
 
-@pytest.mark.slow
+@pytest.mark.full  # ~20-30 s: a kernel runs the whole notebook
 def test_notebook_runs(monkeypatch: pytest.MonkeyPatch) -> None:
   monkeypatch.setenv("EGD_NOTEBOOK_SMALL", "1")
   nb = nbformat.read(NOTEBOOK, as_version=4)

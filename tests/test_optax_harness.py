@@ -13,11 +13,14 @@ these transforms are preconditioners without a learning rate.
 * Compilations are counted with ``_helpers.count_compiles`` (optax's
   ``test_utils.log_compilations`` is private).
 
-A skip says why the test cannot apply. Not slow: ``egd()`` and the four
-baselines. Slow (``-m slow``): ``column_norm(axis=-1)`` and
+A skip says why the test cannot apply. In ``make test``: ``egd()`` and the
+four baselines in every test, and of the other cases (``column_norm(axis=-1)``,
 ``grokfast_ma(warmup=False)``, and every other egd method in the tests where
-the method matters (numerics, dtypes, meshes; not the tree handling, which is
-the same code for every method). The explicit-mesh checks (optax's
+the method matters: numerics, dtypes, meshes; not the tree handling, which is
+the same code for every method) one per test, taken in turn so that each runs
+somewhere (marked ``slow``). The rest, and eight of the nine dtype pairs of
+the mixed-precision test, run in ``make test-full`` (marked ``full``).
+The explicit-mesh checks (optax's
 ``_src/sharding_test.py``) need 8 devices: this file runs itself in a
 subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 (see ``_mesh_worker``).
@@ -25,6 +28,7 @@ subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 import contextlib
 import dataclasses
@@ -55,6 +59,7 @@ except ImportError:  # pragma: no cover
   from _helpers import count_compiles
 
 slow = pytest.mark.slow
+full = pytest.mark.full
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,16 +115,33 @@ CASES = (
 BY_NAME = {c.name: c for c in CASES}
 
 
+# How many tests keep each slow case in `make test` (see _params).
+_KEPT: collections.Counter[str] = collections.Counter()
+
+
 def _params(*, egd_only: bool = False, methods: bool = False,
             extra: bool = True, only: tuple[str, ...] = ()) -> list[Any]:
   """Cases as pytest params: the fast ones, with ``extra`` the extra
-  baselines, with ``methods`` every egd method (or the ``only`` ones)."""
+  baselines, with ``methods`` every egd method (or the ``only`` ones).
+
+  The fast cases run in ``make test``. Of the others (the same tree handling
+  with another egd method or baseline option) each test keeps one there,
+  the one kept by the fewest tests so far (so every case runs in some test of
+  the default suite), and the ``only`` ones; the rest run in
+  ``make test-full`` (``-m full``).
+  """
   chosen = [c for c in CASES
             if (c.is_egd or not egd_only) and (
                 c.group == "fast" or (c.group == "extra" and extra)
                 or (c.group == "method" and (methods or c.name in only)))]
-  return [pytest.param(c, id=c.name,
-                       marks=() if c.group == "fast" else (slow,))
+  others = [c for c in chosen if c.group != "fast" and c.name not in only]
+  # The one kept so far in the fewest tests (the first such, in CASES order).
+  kept = min(others, key=lambda c: _KEPT[c.name]) if others else None
+  if kept is not None:
+    _KEPT[kept.name] += 1
+  return [pytest.param(c, id=c.name, marks=(
+              () if c.group == "fast" else (slow,) if c is kept or c.name in only
+              else (full,)))
           for c in chosen]
 
 
@@ -834,10 +856,30 @@ def test_apply_if_finite(case: Case) -> None:
 # front of its adam(0.1). Jitted (optax runs it eagerly).
 
 
+_MIXED = ("float32", "float16", "bfloat16")
+_MIXED_PAIRS = [(u, p) for u in _MIXED for p in _MIXED]
+
+
+def _mixed_precision_params() -> list[Any]:
+  """(case, update dtype, param dtype): optax loops over all nine dtype
+  pairs in one test; here each is a case of its own, and ``make test`` keeps
+  one mixed pair per transform (in turn), the rest run with ``-m full``."""
+  out = []
+  for i, case in enumerate(_params(extra=False)):
+    keep = [pr for pr in _MIXED_PAIRS if pr[0] != pr[1]][i % 6]
+    for pair in _MIXED_PAIRS:
+      marks = (*case.marks, *(() if pair == keep else (full,)))
+      out.append(pytest.param(case.values[0], *pair, marks=marks,
+                              id=f"{case.id}-{pair[0]}-{pair[1]}"))
+  return out
+
+
 @slow
-@pytest.mark.parametrize("case", _params(extra=False))
-def test_multi_steps_mixed_precision(case: Case) -> None:
-  """AccumulationTest.test_multi_steps_mixed_precision."""
+@pytest.mark.parametrize("case, upd_dtype, param_dtype",
+                         _mixed_precision_params())
+def test_multi_steps_mixed_precision(case: Case, upd_dtype: str,
+                                     param_dtype: str) -> None:
+  """AccumulationTest.test_multi_steps_mixed_precision, one dtype pair."""
   flax_linen = pytest.importorskip("flax.linen")
 
   class Loss(flax_linen.Module):
@@ -867,27 +909,25 @@ def test_multi_steps_mixed_precision(case: Case) -> None:
       jax.tree.map(lambda x, y: x.dtype == y.dtype, t1, t2))
   get_dtypes = lambda tree: jax.tree.map(lambda x: x.dtype, tree)
 
-  dtypes = [jnp.float32, jnp.float16, jnp.bfloat16]
-  for upd_dtype in dtypes:
-    for param_dtype in dtypes:
-      data = data.astype(param_dtype)
-      params = loss.init({"params": jax.random.key(0)}, data,
-                         param_dtype=param_dtype)["params"]
-      opt_state = opt.init(params)
-      ms_opt_state = ms_opt.init(params)
-      for _ in range(k_steps + 1):
-        updates, opt_state = steps[opt.update](data, opt_state, params,
-                                               upd_dtype)
-        ms_updates, ms_opt_state = steps[ms_opt.update](
-            data, ms_opt_state, params, upd_dtype)
-        assert compare_dtypes(updates, ms_updates), (
-            "Underlying optimizer and MultiSteps updates dtype must match."
-            f" Got ({get_dtypes(updates)}) vs ({get_dtypes(ms_updates)}).")
-        new_params = optax.apply_updates(params, ms_updates)
-        assert compare_dtypes(params, new_params), (
-            "Updates parameters dtypes must match."
-            f" Got ({get_dtypes(params)}) vs ({get_dtypes(new_params)}).")
-        params = new_params
+  upd_dtype, param_dtype = jnp.dtype(upd_dtype), jnp.dtype(param_dtype)
+  data = data.astype(param_dtype)
+  params = loss.init({"params": jax.random.key(0)}, data,
+                     param_dtype=param_dtype)["params"]
+  opt_state = opt.init(params)
+  ms_opt_state = ms_opt.init(params)
+  for _ in range(k_steps + 1):
+    updates, opt_state = steps[opt.update](data, opt_state, params,
+                                           upd_dtype)
+    ms_updates, ms_opt_state = steps[ms_opt.update](
+        data, ms_opt_state, params, upd_dtype)
+    assert compare_dtypes(updates, ms_updates), (
+        "Underlying optimizer and MultiSteps updates dtype must match."
+        f" Got ({get_dtypes(updates)}) vs ({get_dtypes(ms_updates)}).")
+    new_params = optax.apply_updates(params, ms_updates)
+    assert compare_dtypes(params, new_params), (
+        "Updates parameters dtypes must match."
+        f" Got ({get_dtypes(params)}) vs ({get_dtypes(new_params)}).")
+    params = new_params
 
 
 # _src/sharding_test.py ShardingTest (the issue's "contrib/_sharding_test.py";
@@ -1028,7 +1068,7 @@ def slow_mesh_report() -> dict[str, str | None]:
 
 @needs_sharding_in_types
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=() if n in FAST_SHARDING else (slow,))
+    pytest.param(n, marks=() if n in FAST_SHARDING else (full,))
     for n in SHARDING_NAMES])
 def test_state_sharding_types_on_explicit_mesh(
     name: str, request: pytest.FixtureRequest) -> None:

@@ -114,7 +114,7 @@ def test_distribute_without_a_mesh_needs_set_mesh() -> None:
   assert out["w"].shape == (2, 3)
 
 
-@pytest.mark.slow
+@pytest.mark.full  # two processes, ~6 s
 def test_multihost_example_runs_as_two_processes() -> None:
   """examples/multihost.py as 2 processes × 4 CPU devices (gloo collectives)."""
   with socket.socket() as sock:

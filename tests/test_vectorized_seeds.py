@@ -47,7 +47,7 @@ def _grok(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     pytest.fail(f"grok {args} did not finish in {timeout} s (hung?)")
 
 
-@pytest.mark.slow
+@pytest.mark.full  # two CLI runs, ~20-35 s
 def test_vectorized_seeds_reproduce_sequential_runs(tmp_path):
   runs = {}
   for mode, extra in (("seq", []), ("vec", ["--vectorize-seeds"])):
