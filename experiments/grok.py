@@ -113,7 +113,7 @@ _FALLBACK = dict(
 _OPTIMIZER_FIELDS = {
   f.name: int if "int" in str(f.type) else float
   for f in dataclasses.fields(optimizer_names.OptimizerConfig)
-  if f.name != "seed"
+  if f.name not in ("seed", "polar_method")
 }
 # Accepted values of the optimizer options (a field missing here: any finite value).
 _OPTIMIZER_RANGES = {
@@ -260,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
       type=kind,
       help=f"{kind.range}; default {default} unless the task sets it",
     )
+  opt.add_argument(
+    "--polar-method",
+    default="auto",
+    choices=optimizer_names.POLAR_METHODS,
+    help="the polar method of the EGD optimizers (egd, egd-first-layer, adam-egd,"
+    " momentum-egd*, egdm); default auto (svd on CPU, polar_express_exact on"
+    " GPU/TPU); polar_express_exact on CPU reproduces the accelerators' choice",
+  )
   opt.add_argument(
     "--l2", type=number(0), help="weight decay as 0.5·l2·Σ‖W‖² in the loss"
   )
@@ -561,7 +569,8 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   data = make_data(args, data_key)
   model = make_model(args, data, init_key)
   opt_config = optimizers.OptimizerConfig(
-    seed=seed, **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS}
+    seed=seed, polar_method=args.polar_method,
+    **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS}
   )
   optimizer = optimizers.build(name, opt_config, type(model).first_kernel)
   config = train_config(args)
@@ -623,7 +632,8 @@ def run_vectorized(
     data = make_data(args, data_key)
     model = make_model(args, data, init_key)
     opt_config = optimizer_names.OptimizerConfig(
-      seed=seed, **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS}
+      seed=seed, polar_method=args.polar_method,
+    **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS}
     )
     models_.append(model)
     optimizers_.append(optimizers.build(name, opt_config, type(model).first_kernel))

@@ -38,6 +38,12 @@ NAMES = (
 )
 
 
+# optax_egd.METHODS but "rsvd" (which needs a rank): the --polar-method
+# choices, spelled out so that --help does not import JAX (tests check it).
+POLAR_METHODS = ("auto", "svd", "eigh", "newton_schulz", "polar_express", "qdwh",
+                 "polar_express_exact")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """Hyperparameters of every optimizer; each uses the fields it needs."""
@@ -58,6 +64,9 @@ class OptimizerConfig:
   ma_lamb: float = 5.0
   warmup_steps: int = 0
   seed: int = 0
+  # The polar method of every optimizer that runs optax_egd.egd with its
+  # default method (egd, egd-first-layer, adam-egd, momentum-egd*, egdm).
+  polar_method: str = "auto"
 
   def schedule(self, value: float) -> ScalarOrSchedule:
     """``value``, ramped up linearly from 0 over ``warmup_steps`` if set

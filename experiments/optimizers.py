@@ -85,6 +85,7 @@ def _matrix_kernel_mask(params: Any) -> Any:
 
 
 def _egd(config: OptimizerConfig, **kwargs: Any) -> optax.GradientTransformation:
+  kwargs.setdefault("method", config.polar_method)
   return optax_egd.egd(
     dimension_numbers=matrix_dimension_numbers, key=config.seed, **kwargs
   )
@@ -203,6 +204,7 @@ def build(
       momentum=config.momentum or EGDM_MOMENTUM,
       weight_decay=config.weight_decay,
       key=config.seed,
+      method=config.polar_method,
     )
   if name in COMPOSED:
     return egd_on_smoothed(name, config, first_kernel)

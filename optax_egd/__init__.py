@@ -14,7 +14,7 @@ from optax_egd.baselines import (
     orthograd,
 )
 from optax_egd.distributed import Distribute
-from optax_egd.polar import METHODS, auto_method, polar
+from optax_egd.polar import METHODS, PRECISIONS, auto_method, polar
 from optax_egd.recipe import egdm
 from optax_egd.spectrum import SpectrumInfo, spectrum
 from optax_egd.transform import DimensionNumbers, EGDState, egd
@@ -28,6 +28,7 @@ __all__ = [
     "GrokfastEmaState",
     "GrokfastMaState",
     "METHODS",
+    "PRECISIONS",
     "SpectrumInfo",
     "auto_method",
     "column_norm",

@@ -522,12 +522,11 @@ def _odd_quintic_minimax(lower: float, upper: float
   pts = np.array([lower, (2 * lower + upper) / 3, (lower + 2 * upper) / 3,
                   upper])
   signs = np.array([1.0, -1.0, 1.0, -1.0])
-  coeffs = np.zeros(3)
-  err = 0.0
+  solution = np.zeros(4)
   for _ in range(100):
     system = np.stack([pts, pts**3, pts**5, signs], axis=1)
-    *coeffs, err = np.linalg.solve(system, np.ones(4))
-    a, b, c = coeffs
+    solution = np.linalg.solve(system, np.ones(4))
+    a, b, c = solution[:3]
     roots = np.roots([5 * c, 3 * b, a])  # p'(x) = 0 in y = x².
     ys = np.sort(np.real(roots[np.isreal(roots) & (np.real(roots) > 0)]))
     xs = np.sqrt(ys)
@@ -539,8 +538,8 @@ def _odd_quintic_minimax(lower: float, upper: float
     pts = new
     if done:
       break
-  a, b, c = (float(v) for v in coeffs)
-  return (a, b, c), abs(float(err))
+  a, b, c, err = (float(v) for v in solution)
+  return (a, b, c), abs(err)
 
 
 _NEWTON_SCHULZ_QUINTIC = (1.875, -1.25, 0.375)  # Flat at 1 to second order.

@@ -1,0 +1,168 @@
+"""``python -m benchmarks.equivalence``: does the accelerators' default grok as soon?
+
+``"auto"`` picks ``"polar_express_exact"`` (matrix products only) on GPU and
+TPU and the exact ``"svd"`` on CPU. This benchmark trains every task of the
+paper's table (``experiments.paper_table``: (a+b) and (a·b) mod 79, 97, 127
+with the MLP, sparse parity (400, 2), (100, 3), (50, 4)) and Grokfast's
+transformer (``--preset grokfast``), each with its EGD optimizer, once with
+``--polar-method svd`` and once with ``--polar-method polar_express_exact``
+forced on this CPU, over the same seeds (same data split, initialization and
+shuffles per seed), and reports epochs (steps for the transformer) to the
+target: the median per method and their ratio per task.
+
+Each (task, method) is one ``python -m experiments.grok`` run with
+``--seeds N`` in ``OUT/runs/<task>-<method>``; a run whose ``results.json``
+exists is not run again, so an interrupted sweep resumes. ``--summarize``
+only reads the runs.
+
+Example (the committed reference; about 40 minutes on 2 cores)::
+
+  python -m benchmarks.equivalence --out benchmarks/results/equivalence
+
+``--quick``: two cheap tasks, one seed.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+from benchmarks import _common
+from experiments import _cli
+
+METHODS = ("svd", "polar_express_exact")
+# Task id → (experiments.grok options, the EGD optimizer its table uses, unit).
+# Modular tasks: EGD on every matrix (9-16 epochs in the paper table); parity:
+# the official scripts' first-layer EGD, and EGD of a momentum buffer where
+# plain first-layer EGD does not reach the target ((100, 3), (50, 4)).
+TASKS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    **{f"add-{p}": (("--task", "mod_add", "--p", str(p)), "egd", "epochs")
+       for p in (79, 97, 127)},
+    **{f"mul-{p}": (("--task", "mod_mul", "--p", str(p)), "egd", "epochs")
+       for p in (79, 97, 127)},
+    "parity-400-2": (("--task", "parity", "--k", "2"), "egd-first-layer",
+                     "epochs"),
+    "parity-100-3": (("--task", "parity", "--k", "3"),
+                     "momentum-egd-first-layer", "epochs"),
+    "parity-50-4": (("--task", "parity", "--k", "4"),
+                    "momentum-egd-first-layer", "epochs"),
+    "grokfast": (("--preset", "grokfast"), "egdm", "steps"),
+}
+QUICK = ("add-97", "parity-400-2")
+
+
+def run_dir(out: pathlib.Path, task: str, method: str) -> pathlib.Path:
+  return out / "runs" / f"{task}-{method}"
+
+
+def command(task: str, method: str, seeds: int, max_epochs: int,
+            out: pathlib.Path) -> list[str]:
+  """The ``experiments.grok`` command line of one (task, method)."""
+  options, optimizer, _ = TASKS[task]
+  return [sys.executable, "-m", "experiments.grok", *options,
+          "--optimizer", optimizer, "--polar-method", method,
+          "--seeds", str(seeds), "--max-epochs", str(max_epochs),
+          "--no-progress", "--out", str(run_dir(out, task, method)),
+          "--overwrite"]
+
+
+def _runs(path: pathlib.Path) -> list[dict[str, Any]] | None:
+  results = path / "results.json"
+  if not results.exists():
+    return None
+  return json.loads(results.read_text())["runs"]
+
+
+def summarize(out: pathlib.Path, tasks: list[str]) -> list[dict[str, Any]]:
+  """One row per task: each method's median epochs/steps and their ratio."""
+  rows = []
+  for task in tasks:
+    _, optimizer, unit = TASKS[task]
+    key = "steps_to_target" if unit == "steps" else "epochs_to_target"
+    row: dict[str, Any] = {"task": task, "optimizer": optimizer, "unit": unit}
+    for method in METHODS:
+      runs = _runs(run_dir(out, task, method))
+      if runs is None:
+        continue
+      values = [r[key] for r in runs]
+      reached = [v for v in values if v is not None]
+      row[method] = {
+          "seeds": [r["seed"] for r in runs], key: values,
+          "reached": f"{len(reached)}/{len(values)}",
+          "median": statistics.median(reached) if reached else None,
+          "seconds": [r.get("seconds_to_target") for r in runs]}
+    medians = [row.get(m, {}).get("median") for m in METHODS]
+    if None not in medians:
+      row["ratio"] = medians[1] / medians[0]
+    rows.append(row)
+  return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  flat = []
+  for r in rows:
+    cells = {"task": r["task"], "optimizer": r["optimizer"], "unit": r["unit"],
+             "ratio": r.get("ratio")}
+    for m in METHODS:
+      if m in r:
+        values = [v for v in r[m][next(k for k in r[m] if k.endswith("_target"))]]
+        cells[m] = (f"{r[m]['median']} {values} ({r[m]['reached']})"
+                    if r[m]["median"] is not None else f"- ({r[m]['reached']})")
+    flat.append(cells)
+  return _common.markdown_table(flat, [
+      ("task", "task", "s"), ("optimizer", "EGD optimizer", "s"),
+      ("unit", "to target in", "s"),
+      ("svd", "svd: median [per seed] (reached)", "s"),
+      ("polar_express_exact", "polar_express_exact: median [per seed] (reached)",
+       "s"),
+      ("ratio", "ratio pee/svd", ".2f")])
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = _common.parser("equivalence", __doc__.splitlines()[0])
+  p.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (all)")
+  p.add_argument("--seeds", type=_cli.integer(1), default=3,
+                 help="seeds 0..N-1 per task and method (default 3)")
+  p.add_argument("--max-epochs", type=_cli.integer(1), default=3000,
+                 help="cap per run (default 3000)")
+  p.add_argument("--quick", action="store_true",
+                 help=f"{', '.join(QUICK)}, 1 seed, 300 epochs")
+  p.add_argument("--summarize", action="store_true",
+                 help="only read the runs already in --out")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.tasks, args.seeds, args.max_epochs = ",".join(QUICK), 1, 300
+  tasks = _cli.name_list(args.tasks) if args.tasks else list(TASKS)
+  problem = _cli.check_names("argument --tasks", tasks, tuple(TASKS))
+  if problem:
+    p.error(problem)
+  out = _common.out_dir(args.out, "equivalence")
+  info = _common.machine_info()
+  _common.print_header("polar_express_exact against svd, epochs to target", info)
+  commands = {}
+  for task in tasks:
+    for method in METHODS:
+      cmd = command(task, method, args.seeds, args.max_epochs, out)
+      commands[f"{task}/{method}"] = " ".join(["python", *cmd[1:]])
+      if args.summarize or _runs(run_dir(out, task, method)) is not None:
+        continue
+      print("$", commands[f"{task}/{method}"], flush=True)
+      subprocess.run(cmd, check=True)
+  rows = summarize(out, tasks)
+  text = table(rows)
+  print(text)
+  stem = _common.result_stem("equivalence", args.quick)
+  config = {"tasks": tasks, "seeds": args.seeds, "max_epochs": args.max_epochs,
+            "commands": commands}
+  _common.write_json(out / f"{stem}.json", info, config, rows)
+  (out / f"{stem}.md").write_text(text + "\n")
+  print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

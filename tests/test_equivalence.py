@@ -1,0 +1,84 @@
+"""benchmarks.equivalence (svd against polar_express_exact, epochs to target)
+and the ``--polar-method`` that forces the accelerators' method on CPU."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import equivalence
+from experiments import optimizer_names, optimizers
+import optax_egd
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _fake_run(out: pathlib.Path, task: str, method: str, epochs, steps):
+  path = equivalence.run_dir(out, task, method)
+  path.mkdir(parents=True)
+  runs = [{"seed": i, "epochs_to_target": e, "steps_to_target": s,
+           "seconds_to_target": 1.0}
+          for i, (e, s) in enumerate(zip(epochs, steps, strict=True))]
+  (path / "results.json").write_text(json.dumps({"runs": runs}))
+
+
+def test_summary_medians_ratio_and_reached(tmp_path):
+  _fake_run(tmp_path, "add-97", "svd", [12, 13, 11], [108, 117, 99])
+  _fake_run(tmp_path, "add-97", "polar_express_exact", [12, 14, None],
+            [108, 126, None])
+  _fake_run(tmp_path, "grokfast", "svd", [30, 31, 29], [560, 570, 550])
+  rows = {r["task"]: r for r in equivalence.summarize(
+      tmp_path, ["add-97", "grokfast", "mul-97"])}
+  add = rows["add-97"]
+  assert add["svd"]["median"] == 12 and add["svd"]["reached"] == "3/3"
+  assert add["polar_express_exact"]["median"] == 13  # of the reached seeds
+  assert add["polar_express_exact"]["reached"] == "2/3"
+  assert add["ratio"] == pytest.approx(13 / 12)
+  assert rows["grokfast"]["svd"]["median"] == 560  # the transformer: steps
+  assert "ratio" not in rows["grokfast"] and "svd" not in rows["mul-97"]
+  text = equivalence.table(list(rows.values()))
+  assert "1.08" in text and "(2/3)" in text
+
+
+def test_commands_force_the_method_with_the_same_seeds(tmp_path):
+  a = equivalence.command("parity-100-3", "svd", 3, 50, tmp_path)
+  b = equivalence.command("parity-100-3", "polar_express_exact", 3, 50, tmp_path)
+  assert a[a.index("--polar-method") + 1] == "svd"
+  assert b[b.index("--polar-method") + 1] == "polar_express_exact"
+  differ = [x for x, y in zip(a, b, strict=True) if x != y]
+  assert differ[0] == "svd" and all("polar_express_exact" not in x for x in a)
+
+
+def test_bad_task_is_a_usage_error():
+  done = subprocess.run([sys.executable, "-m", "benchmarks.equivalence",
+                         "--tasks", "add-98", "--summarize"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2
+  assert "add-98" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_polar_method_choices_are_the_librarys():
+  assert set(optimizer_names.POLAR_METHODS) == set(optax_egd.METHODS) - {"rsvd"}
+
+
+@pytest.mark.parametrize("name", ["egd", "egdm", "momentum-egd-first-layer"])
+def test_polar_method_reaches_every_egd_optimizer(name):
+  params = {"hidden": {"kernel": jnp.ones((6, 4)), "bias": jnp.zeros(4)},
+            "out": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+  grads = jax.tree.map(
+      lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+  results = {}
+  for method in ("svd", "newton_schulz"):  # newton_schulz: visibly inexact.
+    tx = optimizers.build(name, optimizer_names.OptimizerConfig(
+        polar_method=method, lr=0.1), ("hidden", "kernel"))
+    results[method], _ = tx.update(grads, tx.init(params), params)
+  diff = np.abs(np.asarray(results["svd"]["hidden"]["kernel"])
+                - np.asarray(results["newton_schulz"]["hidden"]["kernel"]))
+  assert diff.max() > 1e-4
