@@ -39,6 +39,7 @@ T_BASELINES = "tests/test_baselines.py"
 T_HARNESS = "tests/test_optax_harness.py"
 T_RECIPE = "tests/test_recipe.py"
 T_VMAP = "tests/test_vmap.py"
+T_EXPORT = "tests/test_export.py"
 
 
 class Mutant(NamedTuple):
@@ -107,6 +108,20 @@ MUTANTS = (
   Mutant("egdm-decay", "egdm: weight_decay ignored", RECIPE,
          "optax.add_decayed_weights(weight_decay, weight_decay_mask),",
          "optax.add_decayed_weights(0.0, weight_decay_mask),", (T_RECIPE,)),
+  Mutant("auto-host-backend", "auto: chosen by the host, not the lowering platform",
+         POLAR,
+         'accelerator = auto_method(x.shape, "cuda") if static_rtol else "svd"',
+         'accelerator = auto_method(x.shape) if static_rtol else "svd"',
+         (T_EXPORT,)),
+  Mutant("pee-no-norm-slack", "polar_express_exact: ℓ = rtol (U's slack ignored)",
+         POLAR, "return min(float(rtol) / k ** 0.125, 0.5)",
+         "return min(float(rtol), 0.5)", (T_POLAR,)),
+  Mutant("pee-no-damping", "polar_express_exact: no final damping step", POLAR,
+         "  steps.append(_DAMPING)\n", "", (T_POLAR,)),
+  Mutant("precision-ignored", "polar: precision not passed to the iteration",
+         POLAR, "y = _polar_express_exact(wide, schedule, precision or \"float32\")",
+         "y = _polar_express_exact(wide, schedule, \"float32\")",
+         (T_POLAR, T_TRANSFORM)),
 )
 
 
