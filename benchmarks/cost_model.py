@@ -49,6 +49,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 from benchmarks import _common
@@ -202,7 +203,7 @@ def traced_matmuls(method: str, shape: Shape, precision: str = "float32"
     for eqn in j.eqns:
       if eqn.primitive.name == "dot_general":
         count += 1
-      for sub in jax.core.jaxprs_in_params(eqn.params):
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
         walk(sub)
 
   walk(jaxpr.jaxpr)
