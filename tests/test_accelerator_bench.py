@@ -132,8 +132,10 @@ def test_cost_model_small(tmp_path: pathlib.Path) -> None:
     assert r["flops"] > 0 and r["bytes"] > 0
     if r["method"] in cost_model.MATMUL_METHODS:
       # The counted FLOPs and XLA's agree within 10% (XLA also counts a few
-      # elementwise operations differently).
-      assert 0.9 < r["xla_over_counted"] < 1.1, r
+      # elementwise operations differently); TF32 is emulated on CPU by
+      # rounding the operands, elementwise work the count leaves out.
+      high = 1.5 if r["precision"] == "tf32" else 1.1
+      assert 0.9 < r["xla_over_counted"] < high, r
   overhead = payload["summary"]["predicted_overhead"]
   assert all(r["predicted"] for r in overhead)
   gpt = {(r["optimizer"], r["method"], r["precision"]): r["ratio_vs_adamw"]
