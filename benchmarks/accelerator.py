@@ -3,38 +3,46 @@
 One command, made for one GPU (it runs anywhere JAX runs), that finishes
 inside ``--budget-s`` seconds (default 420: under 8 minutes with start-up)
 and writes ``accelerator.json`` and the printed report ``accelerator.txt``
-into ``--out``. Sections, in this order:
+into ``--out``. Sections, in this order (``--sections`` picks some):
 
-1. ``polar``: every polar method (``optax_egd.METHODS``; ``rsvd`` at rank
-   128) × matrix shape (sides 128 to 4096: squares, 1:4 and 4:1) × input
-   dtype (float32, bfloat16); the matrix-product methods also at each matmul
-   ``precision`` the installed ``polar`` takes. Median ms (compiled once, one
-   warm-up call, interleaved timed rounds with ``block_until_ready``) and
-   the relative Frobenius error against a float64 NumPy SVD polar factor of
-   the same (dtype-rounded) input on the host, with the library's cutoff map.
-   A combination whose predicted time (:mod:`benchmarks.cost_model`) exceeds
-   ``--max-call-s`` is skipped, with a record saying so.
-2. ``transformer``: one training step of a GPT-2-small-sized Flax NNX
+1. ``transformer``: one training step of a GPT-2-small-sized Flax NNX
    transformer (``GPT``: 12 layers, d_model 768, 12 heads, vocab 50257,
    sequence 1024, layers stacked and scanned, bfloat16 compute, float32
    parameters; ``experiments.models.Transformer`` predicts from the last
    position only, so it is not a language model of this size) with AdamW,
    ``optax.contrib.muon``, ``optax_egd.egdm`` and
-   ``optax.chain(optax_egd.egd(), optax.adamw(...))`` (EGD on the 48 block
-   kernels, AdamW on the rest). The batch is the largest of ``--batches``
-   whose AdamW step compiles and runs (as many tokens as fit). Timed:
-   forward + backward alone, the optimizer update alone (on a fixed
-   gradient) and the whole step; ``ratio_at_batch`` is step / AdamW's step,
-   ``ratio_at_0.5M`` = (fwd+bwd × 524288 / tokens + update) over AdamW's,
-   since the update does not grow with the batch.
-3. ``demo``: :func:`experiments.demo.run` (EGD with SGD on the paper's MLP,
-   ``(a + b) mod 97``, to 95% test accuracy).
-4. ``grokfast``: one seed of ``python -m experiments.grok --preset grokfast``.
+   ``optax.chain(optax.masked(optax_egd.egd(), kernels), optax.adamw(...))``
+   (EGD and Muon on the 48 block kernels, AdamW on the rest), and
+   ``egdm(precision="bfloat16")`` where ``polar`` takes a precision. The
+   batch is the largest of 48, 32, 16, ... sequences whose forward and
+   backward compile and run (as many tokens as fit). Timed: forward +
+   backward alone, the optimizer update alone (on a fixed gradient) and the
+   whole step; ``ratio_at_batch`` is step / AdamW's step, ``ratio_at_05M`` =
+   (fwd+bwd × 524288 / tokens + update) over AdamW's, since the update does
+   not grow with the batch. At most 45% of the budget.
+2. ``demo``: :func:`experiments.demo.run` (``egd()`` with SGD on the paper's
+   MLP, ``(a + b) mod 97``, to 95% test accuracy).
+3. ``grokfast``: one seed of ``python -m experiments.grok --preset grokfast
+   --max-epochs 100``.
+4. ``polar``: every polar method (``optax_egd.METHODS``; ``rsvd`` at rank
+   128) × matrix shape (sides 128 to 4096: squares, 1:4 and 4:1) × input
+   dtype (float32, bfloat16); the matrix-product methods (and ``auto``) also
+   at each matmul ``precision`` the installed ``polar`` takes. Median ms
+   (compiled once, one warm-up call, interleaved timed rounds with
+   ``block_until_ready``) and the relative Frobenius error against a float64
+   NumPy SVD polar factor of the same (dtype-rounded) input, computed on the
+   host, with the library's cutoff map. ``auto``, ``svd`` and
+   ``polar_express_exact`` go first on every shape, the other methods get
+   the time left. A combination whose predicted time
+   (:mod:`benchmarks.cost_model`) exceeds ``--max-call-s`` is skipped, with
+   a record saying so; so is a reference predicted to take more than half
+   the time left (the row then has no error).
 
-A global time guard: every section, shape and optimizer first checks the time
-left and records ``"skipped: time budget"`` instead of running over.
-``--tiny`` uses tiny shapes and models (seconds on a CPU; the test suite runs
-it).
+A global time guard: every section, shape, dtype and optimizer first checks
+the time left and records ``"skipped: time budget"`` instead of running
+over (the demo needs 30 s left, grokfast 60 s, an optimizer 1.2x what the
+previous one took). ``--tiny`` uses tiny shapes and models (seconds on a
+CPU; the test suite runs it).
 
 Run on a device with::
 
@@ -71,7 +79,9 @@ import optax_egd
 
 polar_module = importlib.import_module("optax_egd.polar")
 
-SECTIONS = ("polar", "transformer", "demo", "grokfast")
+# The default order: the step ratio first (the issue's target), the polar
+# table last (it takes whatever time is left, largest shapes last).
+SECTIONS = ("transformer", "demo", "grokfast", "polar")
 SKIPPED_BUDGET = "skipped: time budget"
 METHODS: tuple[str, ...] = tuple(optax_egd.METHODS)
 ACCEPTS_PRECISION = "precision" in inspect.signature(optax_egd.polar).parameters
@@ -110,13 +120,15 @@ class Sizes:
   demo_max_epochs: int
   grokfast_args: tuple[str, ...]
   compute_dtype: str = "bfloat16"
-  polar_share: float = 0.4
-  transformer_share: float = 0.4
+  transformer_share: float = 0.45
+  demo_needs_s: float = 0.0  # start the demo only with this much time left
+  grokfast_needs_s: float = 0.0
 
 
 FULL = Sizes(vocab=50257, seq=1024, d_model=768, heads=12, layers=12,
-             batches=(64, 32, 16, 8, 4, 2, 1), demo_p=97,
-             demo_max_epochs=2000, grokfast_args=("--max-epochs", "100"))
+             batches=(48, 32, 16, 8, 4, 2, 1), demo_p=97,
+             demo_max_epochs=2000, grokfast_args=("--max-epochs", "100"),
+             demo_needs_s=30.0, grokfast_needs_s=60.0)
 TINY = Sizes(vocab=64, seq=16, d_model=32, heads=2, layers=2, batches=(4, 2),
              demo_p=37, demo_max_epochs=1,
              grokfast_args=("--max-epochs", "1", "--p", "11",
@@ -164,82 +176,135 @@ def polar_call(method: str, precision: str, shape: tuple[int, ...]
 
 
 def predicted_call_s(method: str, precision: str, shape: tuple[int, ...]
-                     ) -> float | None:
-  """The cost model's predicted seconds of one call on an H200 (None: no
-  model for the method)."""
+                     ) -> float:
+  """The cost model's predicted seconds of one call on an H200; for the
+  methods it has no device model for (eigh, qdwh, rsvd), their counted FLOPs
+  at the QR rate it assumes (10% of the float32 peak)."""
+  device = cost_model.DEVICES["h200"]
   resolved = optax_egd.auto_method(shape, "cuda") if method == "auto" else method
-  if resolved not in cost_model.TIMED_METHODS:
-    return None
-  ms = cost_model.predicted_ms(cost_model.count(resolved, shape, precision),
-                               cost_model.DEVICES["h200"], precision)
-  return None if ms is None else ms / 1e3
+  cost = cost_model.count(resolved, shape, precision)
+  ms = cost_model.predicted_ms(cost, device, precision)
+  if ms is None:
+    rate = device.peak_tflops["float32"] * 1e12 * device.lapack_efficiency
+    return cost.flops / rate
+  return ms / 1e3
+
+
+# The variants timed first, on every shape, before the others get the time
+# left: what "auto" runs on each platform, the SVD, and the matmul iterations
+# at every precision.
+PRIORITY = ("auto", "svd", "polar_express_exact")
+
+
+class _References:
+  """Float64 polar factors computed on the host, cached, with a prediction of
+  the next one's seconds (from the rate of the largest so far)."""
+
+  def __init__(self) -> None:
+    self.cache: dict[tuple[tuple[int, ...], str], np.ndarray] = {}
+    self.rate: float | None = None  # m·n·min(m, n) per second
+
+  def predicted_s(self, shape: tuple[int, ...]) -> float:
+    """Predicted seconds of a new reference of ``shape`` (0 before the first)."""
+    work = math.prod(shape) * min(shape)
+    return 0.0 if self.rate is None else work / self.rate
+
+  def get(self, shape: tuple[int, ...], dtype: str, host: np.ndarray
+          ) -> tuple[np.ndarray, float]:
+    """The reference of ``host`` and the seconds it took (0 when cached)."""
+    key = (shape, dtype)
+    if key in self.cache:
+      return self.cache[key], 0.0
+    t0 = time.perf_counter()
+    ref, _, _ = reference_polar(host)
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    rate = math.prod(shape) * min(shape) / seconds
+    self.rate = rate if self.rate is None else min(self.rate, rate)
+    self.cache[key] = ref
+    return ref, seconds
 
 
 def run_polar(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
               budget: Budget, section_s: float, max_call_s: float,
               repeats: int, min_seconds: float, seed: int
               ) -> list[dict[str, Any]]:
-  """Time and error of every (shape, dtype, method, precision)."""
+  """Time and error of every (shape, dtype, method, precision).
+
+  Two passes over the shapes (smallest first): the ``PRIORITY`` methods
+  first, then the others, so a budget that runs out cuts the least important
+  combinations. Each combination is recorded: timed (``"ok"``), or skipped
+  with the reason (time budget, predicted too slow, failed).
+  """
   rows: list[dict[str, Any]] = []
   start = budget.elapsed()
   variants = polar_variants(methods)
-  rng = np.random.default_rng(seed)
-  for shape in shapes:
-    x64 = rng.standard_normal(shape)
-    for dtype in DTYPES:
-      base = dict(shape=list(shape), dtype=dtype)
-      spent = budget.elapsed() - start
-      if spent > section_s or budget.left() <= 0:
-        rows += [dict(base, method=m, precision=p, status=SKIPPED_BUDGET)
-                 for m, p in variants]
-        continue
-      x = jnp.asarray(x64, dtype)
-      host = np.asarray(x.astype(jnp.float32))
-      t_ref = time.perf_counter()
-      ref, _, _ = reference_polar(host)
-      ref_s = time.perf_counter() - t_ref
-      calls, compiled = {}, {}
-      for method, precision in variants:
-        key = f"{method}/{precision}"
-        row = dict(base, method=method, precision=precision,
-                   resolves_to=(optax_egd.auto_method(shape)
-                                if method == "auto" else method))
-        predicted = predicted_call_s(method, precision, shape)
-        row["predicted_call_s_h200"] = predicted
-        if predicted is not None and predicted > max_call_s:
-          rows.append(dict(row, status=f"skipped: predicted {predicted:.2g} s "
-                           f"a call > --max-call-s {max_call_s:g}"))
+  passes = [[v for v in variants if v[0] in PRIORITY],
+            [v for v in variants if v[0] not in PRIORITY]]
+  inputs = {shape: np.random.default_rng([seed, *shape]).standard_normal(shape)
+            for shape in shapes}
+  refs = _References()
+  over = lambda: budget.elapsed() - start > section_s or budget.left() <= 0
+  for group in passes:
+    for shape in shapes if group else ():
+      for dtype in DTYPES:
+        base = dict(shape=list(shape), dtype=dtype)
+        if over():
+          rows += [dict(base, method=m, precision=p, status=SKIPPED_BUDGET)
+                   for m, p in group]
           continue
-        if budget.elapsed() - start > section_s or budget.left() <= 0:
-          rows.append(dict(row, status=SKIPPED_BUDGET))
+        x = jnp.asarray(inputs[shape], dtype)
+        host = np.asarray(x.astype(jnp.float32))
+        left = min(section_s - (budget.elapsed() - start), budget.left())
+        ref, ref_s = (None, 0.0)
+        if refs.predicted_s(shape) < 0.5 * left or (shape, dtype) in refs.cache:
+          ref, ref_s = refs.get(shape, dtype, host)
+        calls, compiled = {}, {}
+        for method, precision in group:
+          key = f"{method}/{precision}"
+          row = dict(base, method=method, precision=precision,
+                     resolves_to=(optax_egd.auto_method(shape)
+                                  if method == "auto" else method))
+          predicted = predicted_call_s(method, precision, shape)
+          row["predicted_call_s_h200"] = predicted
+          if predicted > max_call_s:
+            rows.append(dict(row, status=f"skipped: predicted {predicted:.2g}"
+                             f" s a call > --max-call-s {max_call_s:g}"))
+            continue
+          if over():
+            rows.append(dict(row, status=SKIPPED_BUDGET))
+            continue
+          try:
+            fn, compile_s = _common.compile_fn(
+                polar_call(method, precision, shape), x)
+          except Exception as error:  # noqa: BLE001 - recorded, not fatal
+            rows.append(dict(row, status=f"failed: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:200]}"))
+            continue
+          calls[key] = functools.partial(fn, x)
+          compiled[key] = (row, compile_s)
+        if not calls:
           continue
-        try:
-          fn, compile_s = _common.compile_fn(
-              polar_call(method, precision, shape), x)
-        except Exception as error:  # noqa: BLE001 - recorded, not fatal
-          rows.append(dict(row, status=f"failed: {type(error).__name__}: "
-                           f"{str(error).splitlines()[0][:200]}"))
-          continue
-        calls[key] = functools.partial(fn, x)
-        compiled[key] = (row, compile_s)
-      if not calls:
-        continue
-      timings = _common.time_interleaved(calls, repeats=repeats,
-                                         min_seconds=min_seconds,
-                                         max_repeats=50)
-      for key, (row, compile_s) in compiled.items():
-        out = np.asarray(jax.block_until_ready(calls[key]()).astype(jnp.float32),
-                         np.float64)
-        rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-        t = timings[key]
-        rows.append(dict(row, status="ok", median_ms=t.median * 1e3,
-                         min_ms=t.min * 1e3, repeats=t.repeats,
-                         compile_s=compile_s, rel_err=rel,
-                         finite=bool(np.all(np.isfinite(out))),
-                         reference_s=ref_s))
-        print(f"  polar {_shape(shape):>10} {dtype:>8} {key:>30} "
-              f"{t.median * 1e3:9.3f} ms  err {rel:.1e}", file=sys.stderr,
-              flush=True)
+        timings = _common.time_interleaved(calls, repeats=repeats,
+                                           min_seconds=min_seconds,
+                                           max_repeats=50)
+        for key, (row, compile_s) in compiled.items():
+          out = np.asarray(
+              jax.block_until_ready(calls[key]()).astype(jnp.float32),
+              np.float64)
+          rel = (None if ref is None else
+                 float(np.linalg.norm(out - ref) / np.linalg.norm(ref)))
+          t = timings[key]
+          rows.append(dict(row, status="ok", median_ms=t.median * 1e3,
+                           min_ms=t.min * 1e3, repeats=t.repeats,
+                           compile_s=compile_s, rel_err=rel,
+                           error_note=None if ref is not None else
+                           "no float64 reference: time budget",
+                           finite=bool(np.all(np.isfinite(out))),
+                           reference_s=ref_s))
+          print(f"  polar {_shape(shape):>10} {dtype:>8} {key:>30} "
+                f"{t.median * 1e3:9.3f} ms  err "
+                + ("-" if rel is None else f"{rel:.1e}"), file=sys.stderr,
+                flush=True)
   return rows
 
 
@@ -417,10 +482,13 @@ def run_transformer(sizes: Sizes, names: Sequence[str], budget: Budget,
   calls: dict[str, Callable[[], Any]] = {"fwd_bwd": functools.partial(
       fn, params, x, y)}
   done = []
+  last_cost = 0.0  # seconds the previous optimizer's compiles took
   for name in names:
-    if budget.elapsed() - start > section_s or budget.left() <= 0:
+    left = min(section_s - (budget.elapsed() - start), budget.left())
+    if left <= 1.2 * last_cost or left <= 0:
       record["rows"].append(dict(optimizer=name, status=SKIPPED_BUDGET))
       continue
+    t_opt = time.perf_counter()
     tx = builders[name]()
 
     def step(params: Any, state: Any, x: jax.Array, y: jax.Array,
@@ -441,6 +509,7 @@ def run_transformer(sizes: Sizes, names: Sequence[str], budget: Budget,
     calls[f"step/{name}"] = functools.partial(step_fn, params, state, x, y)
     calls[f"update/{name}"] = functools.partial(update_fn, grads, state, params)
     done.append((name, step_compile))
+    last_cost = time.perf_counter() - t_opt
     print(f"  transformer: compiled {name}", file=sys.stderr, flush=True)
   timings = _common.time_interleaved(calls, repeats=repeats,
                                      min_seconds=min_seconds, max_repeats=100)
@@ -562,8 +631,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--max-call-s", type=float, default=2.0,
                       help="skip polar combinations predicted slower than "
                       "this a call (default 2)")
-  parser.add_argument("--repeats", type=int, default=5,
-                      help="timed rounds at least (default 5)")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed rounds at least (default 3)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   for name in ("budget_s", "max_call_s"):
@@ -600,9 +669,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         payload[section] = ([dict(status=SKIPPED_BUDGET)] if section == "polar"
                             else dict(status=SKIPPED_BUDGET))
         continue
+      needs = {"demo": sizes.demo_needs_s,
+               "grokfast": sizes.grokfast_needs_s}.get(section, 0.0)
+      if budget.left() < needs:
+        payload[section] = dict(status=SKIPPED_BUDGET, needs_s=needs,
+                                left_s=budget.left())
+        continue
       if section == "polar":
         payload[section] = run_polar(
-            shapes, args.methods, budget, sizes.polar_share * args.budget_s,
+            shapes, args.methods, budget, budget.left(),
             args.max_call_s, repeats, min_seconds, args.seed)
       elif section == "transformer":
         payload[section] = run_transformer(
