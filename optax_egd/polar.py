@@ -57,14 +57,36 @@ Methods (``METHODS``):
   (``cbrt(5·rtol)``): above the cutoff singular values land within 2e-3 of
   one at ``rtol`` = 0.1 and within 7e-2 at 0.2-0.5 (measured on 16×16); use
   ``"svd"`` for such cutoffs.
-* ``"auto"``: chosen per shape and backend by :func:`auto_method` from
-  measurements (see that function); ``"svd"`` where that picks ``"qdwh"`` but
+* ``"polar_express_exact"``: matrix products only (no SVD, eigh or QR), exact
+  to the cutoff: the matrix is scaled by U = ‖(GGᵀ)²‖_F^{1/4} ∈ [σ_max,
+  k^{1/8}·σ_max], then runs a Polar Express schedule built for the lower
+  bound ℓ = rtol/k^{1/8} (:func:`polar_express_schedule`: minimax odd
+  quintics from Remez, with Amsel et al.'s cushioning and 1.01 safety
+  factor, a Newton–Schulz quintic tail and a final damping step): 8 steps at
+  ℓ = 1e-3, 10 at the default cutoffs of transformer-sized matrices, 11-13
+  for small matrices (3 matrix products a step). Directions with
+  σ ≥ rtol·σ_max land within 1e-5 of one (measured ≤ 1e-6 on condition-1e6
+  spectra up to 512×194), the factor is within 1e-4 of the float64 SVD's
+  (relative Frobenius; 1e-6 typical), and rounding noise of rank-deficient
+  inputs comes out below the SVD's (≤ 3e-4 measured on rank-1 16×16).
+  Directions just below the cutoff are lifted a little more than the SVD
+  lifts them (σ = 0.5·rtol·σ_max ↦ 0.9-1, 0.1·rtol·σ_max ↦ 0.03-0.07).
+  ``rtol`` must be a Python float (it
+  sets the schedule). ``precision`` selects float32 (default), TF32 or
+  bfloat16 products; at the lower precisions the default cutoff rises to
+  ``PRECISION_RTOL`` (1e-3), where resolved directions land within 3e-4
+  (TF32) and 2e-3 (bfloat16) of one (measured against float64; float32
+  reaches 1e-6 at the default cutoff).
+  The GPU and TPU default.
+* ``"auto"``: chosen per *lowering* platform by :func:`auto_method`
+  (``jax.lax.platform_dependent``): ``"svd"`` on CPU,
+  ``"polar_express_exact"`` on GPU and TPU; ``"svd"`` everywhere when
   ``rtol`` is an array (traced, e.g. by ``optax.inject_hyperparams``).
 
 Guarantees (measured on float32 matrices from 1×1 to 64×64 and 2×2000 with
 condition numbers up to 1e12, and checked by ``tests/test_polar.py``; "exact"
 means ``"svd"``, ``"rsvd"`` with ``rank ≥ min(m, n)`` or of the input's rank,
-and ``"qdwh"``):
+``"qdwh"`` and ``"polar_express_exact"``):
 
 * Scale invariance: each matrix is first scaled by a power of two (exact) so
   its largest entry is in [1/2, 1). ``polar(c·G) = polar(G)`` for c > 0
@@ -113,9 +135,12 @@ import jax
 import jax.numpy as jnp
 
 Method = Literal[
-    "auto", "svd", "eigh", "rsvd", "newton_schulz", "polar_express", "qdwh"
+    "auto", "svd", "eigh", "rsvd", "newton_schulz", "polar_express", "qdwh",
+    "polar_express_exact",
 ]
 METHODS: tuple[str, ...] = get_args(Method)
+Precision = Literal["float32", "tf32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 MUON_NS_COEFFS = (3.4445, -4.7750, 2.0315)
 # Amsel, Persson, Musco & Gower (2025), "The Polar Express", with their safety
@@ -135,14 +160,27 @@ POLAR_EXPRESS_COEFFS = tuple(
 ) + (_PE_RAW[-1],)
 
 # Methods whose result for a vector (one row or column) is exactly x/‖x‖.
-_EXACT_FOR_VECTORS = ("svd", "eigh", "rsvd", "qdwh")
+_EXACT_FOR_VECTORS = ("svd", "eigh", "rsvd", "qdwh", "polar_express_exact")
 DEFAULT_NS_STEPS = {"newton_schulz": 5, "polar_express": 8}
 DEFAULT_OVERSAMPLE = 10
 QR_ASPECT = 2  # "svd" QR-factorizes first when max(m, n) >= QR_ASPECT·min(m, n).
 DEFAULT_POWER_ITERS = 2
 _RSVD = ("rsvd",)  # The methods that use rank, oversample and power_iters.
 _NS = ("newton_schulz", "polar_express")  # The methods that use ns_steps.
-AUTO_CHOICES = ("svd", "qdwh")  # What "auto" can resolve to (auto_method).
+# The matmul iterations: the methods that take ``precision``.
+_MATMUL = ("newton_schulz", "polar_express", "polar_express_exact")
+# Methods whose schedule is built from rtol, so it must be a Python float.
+_STATIC_RTOL = ("qdwh", "polar_express_exact")
+# The default rtol of the matmul iterations at a lower precision: below it
+# the rounding of the products swamps the directions (condition-1e6 spectra,
+# 64² to 512×194: at 1e-3 resolved directions land within 2e-4 of one with
+# tf32 and 1.5e-3 with bfloat16; float32 reaches 1e-6 at max(m, n)·eps).
+PRECISION_RTOL = {"tf32": 1e-3, "bfloat16": 1e-3}
+# What "auto" can resolve to (auto_method).
+AUTO_CHOICES = ("svd", "polar_express_exact")
+# The lowering platforms "auto" decides for; any other gets the accelerator's.
+_CPU_PLATFORMS = ("cpu",)
+_ACCELERATOR_PLATFORMS = ("cuda", "rocm", "tpu")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -178,32 +216,44 @@ def default_rtol(shape: tuple[int, ...], dtype: jnp.dtype) -> float:
 def auto_method(shape: tuple[int, ...], backend: str | None = None) -> str:
   """The method ``"auto"`` resolves to for a matrix ``shape`` on ``backend``.
 
-  Measured with ``python -m benchmarks.polar`` (see ``benchmarks/README.md``;
-  2-core CPU, jax 0.10.2): on CPU ``"svd"`` is the fastest method that is
-  exact to 1e-4 (or to the float32 floor it sets) on every matrix kind we
-  test (Gaussian, rank-deficient, condition 1e6, real gradients of the
-  paper's MLP), square and rectangular alike. Gram-``eigh`` is 2-5x faster on
-  strongly rectangular matrices but 3.6e-2 off on the real 512×97 gradient
-  (condition ≈ 460) and ≈ 0.5 off at condition 1e6, so it is never chosen
-  automatically; a guard falling back to the SVD unless λ_min ≥ 1e-3·λ_max
-  rejects both real MLP gradients (conditions 58 and 460) and so only adds
-  cost. ``"qdwh"`` and ``"polar_express"`` are not faster than the SVD on
-  CPU. On TPU, where the SVD is itself built on QDWH, ``"qdwh"`` is used (not
-  measured here).
+  ``polar`` decides per *lowering* platform (``jax.lax.platform_dependent``),
+  so a program exported or AOT-compiled for a GPU or TPU, or placed on one,
+  gets that platform's method whatever the host is; this function says what
+  each platform gets.
+
+  * CPU: ``"svd"``. Measured with ``python -m benchmarks.polar`` (see
+    ``benchmarks/README.md``; 2-core CPU, jax 0.10.2): the fastest method
+    that is exact to 1e-4 (or to the float32 floor it sets) on every matrix
+    kind we test (Gaussian, rank-deficient, condition 1e6, real gradients of
+    the paper's MLP), square and rectangular alike. Gram-``eigh`` is 2-5x
+    faster on strongly rectangular matrices but 3.6e-2 off on the real
+    512×97 gradient, so it is never chosen automatically; ``"qdwh"``,
+    ``"polar_express"`` and ``"polar_express_exact"`` are slower than the SVD
+    there.
+  * GPU (``"cuda"``, ``"rocm"``, ``"gpu"``) and TPU: ``"polar_express_exact"``,
+    matrix products only, exact to the cutoff. jax's GPU SVD is cuSOLVER's
+    Jacobi ``gesvdj``, one matrix after another above 32×32 (published: 207
+    ms for one 400×400 matrix on an A100, against well under a millisecond
+    predicted for the iteration's ~12 matrix-product steps); jax's TPU SVD is
+    QDWH plus an eigendecomposition. Not yet measured on a device: see
+    ``benchmarks/README.md``, "Accelerators".
 
   Args:
     shape: the matrix shape (leading batch axes are ignored).
-    backend: a JAX backend name; defaults to ``jax.default_backend()``.
+    backend: a JAX backend or platform name; defaults to
+      ``jax.default_backend()``.
 
   Example:
     >>> auto_method((512, 97), "cpu")
     'svd'
+    >>> auto_method((768, 3072), "cuda")
+    'polar_express_exact'
   """
-  del shape  # Every shape measured so far resolves the same way per backend.
-  backend = backend or jax.default_backend()
-  if backend == "tpu":
-    return "qdwh"
-  return "svd"
+  del shape  # Every shape resolves the same way per platform.
+  backend = (backend or jax.default_backend()).lower()
+  if backend in _CPU_PLATFORMS:
+    return "svd"
+  return "polar_express_exact"
 
 
 def validate(
@@ -214,6 +264,7 @@ def validate(
     power_iters: int | None = None,
     ns_steps: int | None = None,
     rtol: float | jax.Array | None = None,
+    precision: str | None = None,
 ) -> None:
   """Checks the static (shape- and algorithm-changing) polar arguments.
 
@@ -264,6 +315,21 @@ def validate(
     raise ValueError(
         f"rtol is not used by method={method!r} (its iteration has no cutoff;"
         " it is used by every other method): leave rtol unset (None)")
+  if rtol is not None and method in _STATIC_RTOL and (
+      not isinstance(rtol, (int, float)) or isinstance(rtol, bool)):
+    raise TypeError(
+        f"method={method!r} needs rtol as a Python float (it sets the"
+        f" iteration's schedule), got {rtol!r}; with optax.inject_hyperparams"
+        " list rtol in static_args, or use method='svd' for a traced rtol")
+  if precision is not None:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+      raise ValueError(
+          f"precision must be one of {PRECISIONS} or None, got {precision!r}")
+    if method not in (*_MATMUL, "auto"):
+      raise ValueError(
+          f"precision={precision!r} is used only by the matrix-product methods"
+          f" {_MATMUL} and 'auto'; method={method!r} decomposes in float32 or"
+          " wider: leave precision unset (None)")
 
 
 def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -339,14 +405,16 @@ def _polar_rsvd(
 
 
 def _polar_newton_schulz(
-    x: jax.Array, coeffs: tuple[tuple[float, float, float], ...]
+    x: jax.Array, coeffs: tuple[tuple[float, float, float], ...],
+    precision: str = "float32",
 ) -> jax.Array:
   # x is wide (m <= n), so x xᵀ is the small Gram matrix.
+  mm = _matmul(precision)
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
   x = _safe_div(x, norm * 1.01)
   for a, b, c in coeffs:
-    gram = _mm(x, _t(x))
-    x = a * x + _mm(b * gram + c * _mm(gram, gram), x)
+    gram = mm(x, _t(x))
+    x = a * x + mm(b * gram + c * mm(gram, gram), x)
   return x
 
 
@@ -398,6 +466,170 @@ def _qdwh_filter(u: jax.Array) -> jax.Array:
   gram = _mm(_t(u), u)
   gram2 = _mm(gram, gram)
   return _mm(u, 3.5 * gram2 - 2.5 * _mm(gram2, gram))
+
+
+def _round_to_tf32(a: jax.Array) -> jax.Array:
+  """``a`` (float32) rounded to TF32's 10 mantissa bits, to nearest even."""
+  bits = jax.lax.bitcast_convert_type(a, jnp.uint32)
+  bits = bits + jnp.uint32(0xFFF) + ((bits >> 13) & jnp.uint32(1))
+  rounded = jax.lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFE000), a.dtype)
+  return jnp.where(jnp.isfinite(a), rounded, a)
+
+
+def _matmul(precision: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The matrix product of the iterations at ``precision`` (float32 result).
+
+  * ``"float32"``: full float32 products (``Precision.HIGHEST``).
+  * ``"bfloat16"``: operands rounded to bfloat16, products accumulated in
+    float32 (Muon's setting; the tensor cores' bfloat16 path on GPU and the
+    MXU's native pass on TPU).
+  * ``"tf32"``: operands rounded to TF32 (10 mantissa bits), float32
+    accumulation: the ``TF32_TF32_F32`` dot algorithm on CUDA; TPUs have no
+    TF32 and use their three-pass bfloat16 product (``Precision.HIGH``, at
+    least as accurate); on CPU the rounding is emulated, so CPU results show
+    TF32's accuracy.
+  """
+  if precision == "float32":
+    return _mm
+  if precision == "bfloat16":
+    def bf16(a: jax.Array, b: jax.Array) -> jax.Array:
+      return jnp.matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                        preferred_element_type=a.dtype)
+    return bf16
+
+  def tf32(a: jax.Array, b: jax.Array) -> jax.Array:
+    if a.dtype != jnp.float32:  # float64 (x64): TF32 is a float32 format.
+      return _mm(a, b)
+    return jax.lax.platform_dependent(
+        a, b,
+        cuda=lambda a, b: jnp.matmul(
+            a, b, precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32),
+        tpu=lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGH),
+        default=lambda a, b: _mm(_round_to_tf32(a), _round_to_tf32(b)))
+  return tf32
+
+
+def _odd_quintic_minimax(lower: float, upper: float
+                         ) -> tuple[tuple[float, float, float], float]:
+  """Remez: the odd quintic p minimizing max |1 − p(x)| over [lower, upper].
+
+  The error of the optimum equioscillates at four points: ``lower``, the two
+  interior extrema of p and ``upper`` (Amsel et al., 2025, Theorem 4.1).
+  Returns the coefficients (a, b, c) of ax + bx³ + cx⁵ and the error E.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  pts = np.array([lower, (2 * lower + upper) / 3, (lower + 2 * upper) / 3,
+                  upper])
+  signs = np.array([1.0, -1.0, 1.0, -1.0])
+  coeffs = np.zeros(3)
+  err = 0.0
+  for _ in range(100):
+    system = np.stack([pts, pts**3, pts**5, signs], axis=1)
+    *coeffs, err = np.linalg.solve(system, np.ones(4))
+    a, b, c = coeffs
+    roots = np.roots([5 * c, 3 * b, a])  # p'(x) = 0 in y = x².
+    ys = np.sort(np.real(roots[np.isreal(roots) & (np.real(roots) > 0)]))
+    xs = np.sqrt(ys)
+    xs = xs[(xs > lower) & (xs < upper)]
+    if len(xs) != 2:
+      break
+    new = np.array([lower, xs[0], xs[1], upper])
+    done = np.allclose(new, pts, rtol=1e-14, atol=0)
+    pts = new
+    if done:
+      break
+  a, b, c = (float(v) for v in coeffs)
+  return (a, b, c), abs(float(err))
+
+
+_NEWTON_SCHULZ_QUINTIC = (1.875, -1.25, 0.375)  # Flat at 1 to second order.
+_DAMPING = (0.0, 2.5, -1.5)  # s ↦ 2.5s³ − 1.5s⁵: 1 ↦ 1, flat there; s ≪ 1 ↦ ~s³.
+_SAFETY = 1.01  # Amsel et al.'s safety factor against rounding above one.
+_CUSHION = 10.0  # Each step is designed for σ/σ_max ≥ 1/_CUSHION at least.
+
+
+@functools.cache
+def polar_express_schedule(lower: float, tol: float = 3e-4
+                           ) -> tuple[tuple[float, float, float], ...]:
+  """The ``"polar_express_exact"`` steps for singular values in [lower, 1].
+
+  Polar Express (Amsel, Persson, Musco & Gower, 2025): step k applies the odd
+  quintic p_k(x) = a x + b x³ + c x⁵ that is minimax-optimal for 1 on the
+  interval [max(ℓ_k, u_k/10), u_k] (their cushioning: the optimum for a
+  tiny ℓ_k would map mid-sized values back down to ℓ_k, where float32
+  rounding is large relative to them) the previous steps leave (Remez, in
+  float64), with their safety factor (p_k(x/1.01)), until ℓ_k ≥ 0.9; then the quintic
+  1.875x − 1.25x³ + 0.375x⁵ (error δ ↦ 2.5δ³) until 1 − ℓ_k ≤ ``tol``; and a
+  final damping step 2.5x³ − 1.5x⁵, flat at one (error δ ↦ 7.5δ²) and cubic
+  near zero, so that directions left well below one (numerically-null ones)
+  are pushed down, not lifted. Every x ≥ ``lower`` ends within 7.5·tol² of
+  one in exact arithmetic (``polar`` uses tol = sqrt(eps): 3.5e-4 in
+  float32, 1.5e-8 in float64); ``lower`` = 1e-3 takes 8 steps, 1e-5 takes 11
+  (float32).
+
+  Example:
+    >>> len(polar_express_schedule(1e-3))
+    8
+  """
+  if not 0 < lower < 1:
+    raise ValueError(f"lower must be in (0, 1), got {lower}")
+  steps: list[tuple[float, float, float]] = []
+  ell, up = float(lower), 1.0
+  while ell < 0.9 and len(steps) < 60:
+    # Cushioning (Amsel et al.): the minimax quintic for a tiny ℓ dips to
+    # 1 − E ≈ a·ℓ inside the interval, sending mid-sized singular values back
+    # down to ℓ's level where float rounding is relative 1e-3 (measured: 1e-4
+    # off the float64 factor at κ = 9). Designed on [max(ℓ, u/CUSHION), u]
+    # instead, it never maps a value below 1 − E ≈ 0.3 of the interval's top.
+    (a, b, c), err = _odd_quintic_minimax(max(ell, up / _CUSHION), up)
+    a, b, c = a / _SAFETY, b / _SAFETY**3, c / _SAFETY**5
+    steps.append((a, b, c))
+    ell, up = a * ell + b * ell**3 + c * ell**5, 1 + err
+  while 1 - ell > tol and len(steps) < 60:
+    a, b, c = _NEWTON_SCHULZ_QUINTIC
+    steps.append(_NEWTON_SCHULZ_QUINTIC)
+    ell = a * ell + b * ell**3 + c * ell**5
+  steps.append(_DAMPING)
+  return tuple(steps)
+
+
+def polar_express_lower(shape: tuple[int, ...], rtol: float) -> float:
+  """ℓ for ``"polar_express_exact"``: rtol over its norm bound's slack.
+
+  The iteration scales the matrix by U = ‖(GGᵀ)²‖_F^{1/4}, which lies in
+  [σ_max, k^{1/8}·σ_max] (k = min(m, n)), so σ ≥ rtol·σ_max implies
+  σ/U ≥ rtol/k^{1/8}: the schedule is built for that lower bound.
+
+  Example:
+    >>> round(polar_express_lower((256, 256), 1e-3), 6)
+    0.0005
+  """
+  k = min(shape[-2:])
+  return min(float(rtol) / k ** 0.125, 0.5)
+
+
+def _polar_express_exact(x: jax.Array, steps: tuple[tuple[float, float, float], ...],
+                         precision: str) -> jax.Array:
+  # x is wide (m <= n): x xᵀ is the small Gram matrix. Matrix products only,
+  # batched over leading axes (no LAPACK call, so no per-matrix loop).
+  mm = _matmul(precision)
+  gram = mm(x, _t(x))
+  gram2 = mm(gram, gram)
+  # U⁴ = ‖(x xᵀ)²‖_F (a max-scaled sum of squares: no overflow), so x/U has
+  # σ_max ≤ 1 and U ≤ k^{1/8}·σ_max; the first step reuses both products.
+  big = jnp.max(jnp.abs(gram2), axis=(-2, -1), keepdims=True)
+  fro = big * jnp.sqrt(jnp.sum(jnp.square(_safe_div(gram2, big)),
+                               axis=(-2, -1), keepdims=True))
+  inv2 = _safe_div(jnp.ones_like(fro), jnp.sqrt(fro))  # 1/U²
+  x = x * jnp.sqrt(inv2)
+  gram, gram2 = gram * inv2, gram2 * (inv2 * inv2)
+  for i, (a, b, c) in enumerate(steps):
+    if i:
+      gram = mm(x, _t(x))
+      gram2 = mm(gram, gram)
+    x = a * x + mm(b * gram + c * gram2, x)
+  return x
 
 
 def _stack_loop(f: Callable[..., jax.Array], *flat: jax.Array) -> jax.Array:
@@ -489,22 +721,30 @@ def polar(
     power_iters: int | None = None,
     ns_steps: int | None = None,
     key: jax.Array | None = None,
+    precision: Precision | str | None = None,
 ) -> jax.Array:
   """Polar factor UVᵀ of the last two axes of ``x`` (leading axes: a batch).
 
   Args:
     x: array with ``ndim >= 2`` and a floating dtype.
-    method: one of ``METHODS``; ``"auto"`` picks via :func:`auto_method`.
+    method: one of ``METHODS``; ``"auto"`` picks per lowering platform via
+      :func:`auto_method` (``"svd"`` on CPU, ``"polar_express_exact"`` on GPU
+      and TPU; ``"svd"`` everywhere when ``rtol`` is traced).
     rtol: relative cutoff for small singular values (σ ↦ σ/max(σ, rtol·σ_max));
       default ``max(m, n)·eps`` of the compute dtype. May be a traced array
-      (except for ``"qdwh"``). Not for ``"newton_schulz"``/``"polar_express"``,
-      which have no cutoff.
+      (except for ``"qdwh"`` and ``"polar_express_exact"``, whose schedules
+      it sets). Not for ``"newton_schulz"``/``"polar_express"``, which have no
+      cutoff.
     rank: target rank, required for ``"rsvd"``.
     oversample: extra sketch columns for ``"rsvd"`` (default 10).
     power_iters: subspace iterations for ``"rsvd"`` (default 2).
     ns_steps: iterations for ``"newton_schulz"`` (default 5) and
       ``"polar_express"`` (default 8).
     key: a ``jax.random`` key, required for ``"rsvd"``.
+    precision: the matrix products of ``"newton_schulz"``, ``"polar_express"``
+      and ``"polar_express_exact"`` (and of ``"auto"`` where it picks the
+      latter): ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"``
+      operands with float32 accumulation (see ``PRECISIONS``).
 
   ``None`` means "not given" (the method's default); an argument given to a
   method that does not use it raises (see :func:`validate`).
@@ -521,7 +761,7 @@ def polar(
     True
   """
   validate(method, rank=rank, oversample=oversample, power_iters=power_iters,
-           ns_steps=ns_steps, rtol=rtol)
+           ns_steps=ns_steps, rtol=rtol, precision=precision)
   x = jnp.asarray(x)
   if x.ndim < 2:
     raise ValueError(f"polar needs x.ndim >= 2, got shape {x.shape}")
@@ -534,15 +774,26 @@ def polar(
   static_rtol = rtol is None or (isinstance(rtol, (int, float))
                                  and not isinstance(rtol, bool))
   if method == "auto":
-    method = auto_method(x.shape)
-    if method == "qdwh" and not static_rtol:
-      method = "svd"  # qdwh's schedule needs a Python float rtol.
+    # Per lowering platform, not the host's backend: exported, AOT-compiled
+    # and device-placed programs get their platform's method.
+    cpu = auto_method(x.shape, "cpu")
+    accelerator = auto_method(x.shape, "cuda") if static_rtol else "svd"
+    if cpu == accelerator:
+      method = cpu
+    else:
+      def resolved(choice: str) -> Callable[[jax.Array], jax.Array]:
+        return lambda a: polar(a, choice, rtol=rtol, precision=(
+            precision if choice in _MATMUL else None))
+      return jax.lax.platform_dependent(
+          x, cpu=resolved(cpu), default=resolved(accelerator))
   if rtol is None:
-    rtol = default_rtol(x.shape, dtype)
-  if method == "qdwh":
+    rtol = max(default_rtol(x.shape, dtype),
+               PRECISION_RTOL.get(precision or "float32", 0.0))
+  if method in _STATIC_RTOL:
     if not isinstance(rtol, (int, float)) or isinstance(rtol, bool):
-      raise TypeError(f"method='qdwh' needs rtol as a Python float, got {rtol!r}")
-    qdwh_rtol = float(rtol)
+      raise TypeError(
+          f"method={method!r} needs rtol as a Python float, got {rtol!r}")
+    static_rtol_value = float(rtol)
   rtol = jnp.asarray(rtol, dtype)
   if 0 in x.shape[-2:]:
     return x
@@ -578,11 +829,18 @@ def polar(
       one = _polar_svd if method == "svd" else _polar_eigh
       y = _per_matrix(one, wide, jnp.broadcast_to(rtol, wide.shape[:-2]))
     elif method == "qdwh":
-      y = _per_matrix(functools.partial(_polar_qdwh, rtol=qdwh_rtol), wide)
+      y = _per_matrix(functools.partial(_polar_qdwh, rtol=static_rtol_value),
+                      wide)
+    elif method == "polar_express_exact":
+      schedule = polar_express_schedule(
+          polar_express_lower(wide.shape, static_rtol_value),
+          math.sqrt(float(jnp.finfo(dtype).eps)))
+      y = _polar_express_exact(wide, schedule, precision or "float32")
     else:
       # Newton–Schulz and Polar Express are matmuls only: one batched program.
       steps = ns_steps or DEFAULT_NS_STEPS[method]
-      y = _polar_newton_schulz(wide, _ns_coeffs(method, steps))
+      y = _polar_newton_schulz(wide, _ns_coeffs(method, steps),
+                               precision or "float32")
     y = _t(y) if tall else y
   # A NaN or Inf entry makes its whole matrix NaN, never a finite update.
   y = jnp.where(finite, y, jnp.nan)

@@ -124,6 +124,7 @@ def egdm(
     power_iters: int | None = None,
     ns_steps: int | None = None,
     rtol: float | jax.Array | None = None,
+    precision: str | None = None,
     key: int | jax.Array = 0,
     enabled: bool | jax.Array = True,
     distribute: distributed.DistributeSpec = None,
@@ -170,7 +171,8 @@ def egdm(
       axes are a batch of matrices.
     method: passed to :func:`optax_egd.egd`, as are ``scale`` (``"muon"``
       by default here), ``rank``, ``oversample``, ``power_iters``,
-      ``ns_steps``, ``rtol``, ``key``, ``enabled`` and ``distribute``.
+      ``ns_steps``, ``rtol``, ``precision``, ``key``, ``enabled`` and
+      ``distribute``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is
@@ -213,8 +215,9 @@ def egdm(
   matrices = optax.chain(
       optax.trace(momentum, nesterov=nesterov),
       egd(method, rank=rank, oversample=oversample, power_iters=power_iters,
-          ns_steps=ns_steps, rtol=rtol, scale=scale, key=key,
-          dimension_numbers=dimension_numbers, enabled=enabled, distribute=distribute),
+          ns_steps=ns_steps, rtol=rtol, precision=precision, scale=scale,
+          key=key, dimension_numbers=dimension_numbers, enabled=enabled,
+          distribute=distribute),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )

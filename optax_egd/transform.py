@@ -306,6 +306,7 @@ def egd(
     power_iters: int | None = None,
     ns_steps: int | None = None,
     rtol: float | jax.Array | None = None,
+    precision: str | None = None,
     scale: Scale | str = "none",
     key: int | jax.Array = 0,
     dimension_numbers: DimensionNumbersSpec = None,
@@ -331,11 +332,16 @@ def egd(
       ``None`` means ``max(m, n)·eps`` per matrix (the float noise floor: small
       directions are what EGD is for, so keep the cutoff low). May be traced
       (not with ``"qdwh"``). Not for ``"newton_schulz"``/``"polar_express"``
-      (no cutoff). For ``rank``, ``oversample``, ``power_iters``, ``ns_steps``
-      and ``rtol``, ``None`` means "not given"; giving one to a method that
-      does not use it raises (``"auto"`` picks ``"svd"`` or ``"qdwh"``, so it
-      takes ``rtol`` only). With ``optax.inject_hyperparams`` the error comes
-      at ``init``, where the inner transform is built.
+      (no cutoff). For ``rank``, ``oversample``, ``power_iters``, ``ns_steps``,
+      ``rtol`` and ``precision``, ``None`` means "not given"; giving one to a
+      method that does not use it raises (``"auto"`` picks ``"svd"`` on CPU
+      and ``"polar_express_exact"`` on GPU/TPU, so it takes ``rtol`` and
+      ``precision``). With ``optax.inject_hyperparams`` the error comes at
+      ``init``, where the inner transform is built.
+    precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"`` matrix
+      products for the matrix-product methods (``"polar_express_exact"``,
+      ``"polar_express"``, ``"newton_schulz"``, and ``"auto"`` on GPU/TPU);
+      see :func:`optax_egd.polar`; static.
     scale: ``"none"`` (the paper: unit singular values), ``"muon"``
       (× sqrt(max(1, fan_out/fan_in)), Muon's width scaling) or ``"rms"``
       (× 0.2·sqrt(max(fan_in, fan_out)), so the update RMS is about 0.2 like
@@ -384,9 +390,11 @@ def egd(
   """
   _check_rtol(rtol)
   validate(method, rank=rank, oversample=oversample, power_iters=power_iters,
-           ns_steps=ns_steps, rtol=rtol)
-  if method == "qdwh" and rtol is not None and not isinstance(rtol, float):
-    raise TypeError(f"method='qdwh' needs rtol as a Python float, got {rtol!r}")
+           ns_steps=ns_steps, rtol=rtol, precision=precision)
+  if (method in ("qdwh", "polar_express_exact") and rtol is not None
+      and not isinstance(rtol, float)):
+    raise TypeError(
+        f"method={method!r} needs rtol as a Python float, got {rtol!r}")
   if not isinstance(scale, str) or scale not in SCALES:
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
   _check_enabled(enabled)
@@ -450,7 +458,8 @@ def egd(
       result = distributed.map_matrices(
           lambda x, k, r: polar(
               x, method, rtol=r, rank=rank, oversample=oversample,
-              power_iters=power_iters, ns_steps=ns_steps, key=k),
+              power_iters=power_iters, ns_steps=ns_steps, key=k,
+              precision=precision),
           merged, jax.random.fold_in(step_key, g), layer_parallel, rtol)
       result = result * _shape_scale(scale, m, n)
       parts = jnp.split(result, np.cumsum(sizes)[:-1])

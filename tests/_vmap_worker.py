@@ -40,7 +40,7 @@ import optax_egd  # noqa: E402
 from optax_egd import polar  # noqa: E402
 
 METHODS = ("svd", "eigh", "rsvd", "newton_schulz", "polar_express", "qdwh",
-           "auto")
+           "polar_express_exact", "auto")
 LAPACK_METHODS = ("svd", "eigh", "rsvd", "qdwh", "auto")
 
 
@@ -145,8 +145,10 @@ def methods() -> dict[str, object]:
       check("shard_map_in_vmap", lambda: jax.jit(jax.vmap(
           jax.shard_map(p, mesh=mesh, in_specs=(jax.P(), jax.P()),
                         out_specs=jax.P())))(x, keys), ref)
-    # qdwh needs rtol as a Python float; the quintic iterations have no cutoff.
-    if method not in ("qdwh", "newton_schulz", "polar_express"):
+    # qdwh and polar_express_exact need rtol as a Python float; the quintic
+    # iterations have no cutoff.
+    if method not in ("qdwh", "newton_schulz", "polar_express",
+                      "polar_express_exact"):
       ref_r = np.stack([p(x[i], keys[i], rtols[i]) for i in range(2)])
       check("vmap_batched_rtol",
             lambda: jax.jit(jax.vmap(p))(x, keys, rtols), ref_r)

@@ -626,6 +626,11 @@ def test_nnx_optimizer():
     (dict(method="rsvd", rank=2, ns_steps=5), ValueError, "ns_steps"),
     (dict(method="newton_schulz", rtol=1e-3), ValueError, "rtol is not used"),
     (dict(method="polar_express", rtol=jnp.asarray(1e-3)), ValueError, "rtol"),
+    (dict(method="polar_express_exact", rtol=jnp.asarray(1e-3)), TypeError,
+     "needs rtol as a Python float"),
+    (dict(method="svd", precision="bfloat16"), ValueError,
+     "precision='bfloat16' is used only by the matrix-product methods"),
+    (dict(precision="float16"), ValueError, "precision must be one of"),
 ])
 def test_bad_configuration_raises_at_construction(kwargs, error, name):
   with pytest.raises(error, match=name):
@@ -650,6 +655,8 @@ def test_good_configurations_construct():
   egd(method="newton_schulz", ns_steps=5)
   egd(method="polar_express", ns_steps=8)
   egd(method="auto", rtol=1e-3)
+  egd(method="polar_express_exact", rtol=1e-3, precision="bfloat16")
+  egd(precision="tf32")  # auto: the precision of its GPU/TPU iteration.
 
 
 @pytest.mark.parametrize("phase", ["init", "update"])
@@ -784,3 +791,16 @@ def test_a_dimension_numbers_given_for_a_vector_leaf_itself_must_fit_it():
   tx = egd(dimension_numbers={"w": None, "b": DimensionNumbers(0, 1)})
   with pytest.raises(ValueError, match=r"leaf \['b'\] of shape \(3,\): axis 1"):
     tx.init({"w": jnp.ones((2, 3)), "b": jnp.ones(3)})
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bfloat16"])
+def test_precision_reaches_the_iteration(precision):
+  g = {"w": jax.random.normal(jax.random.key(0), (12, 20)), "b": jnp.ones(3)}
+  tx = egd(method="polar_express_exact", precision=precision)
+  updates, _ = jax.jit(tx.update)(g, tx.init(g))
+  same = jax.jit(lambda w: optax_egd.polar(w, "polar_express_exact",
+                                           precision=precision))(g["w"])
+  full = jax.jit(lambda w: optax_egd.polar(w, "polar_express_exact"))(g["w"])
+  near = float(jnp.max(jnp.abs(updates["w"] - same)))
+  far = float(jnp.max(jnp.abs(updates["w"] - full)))
+  assert near <= 1e-5 < far, (near, far)

@@ -28,7 +28,7 @@ from optax_egd import polar
 
 WORKER = Path(__file__).with_name("_vmap_worker.py")
 EXACT = ("svd", "eigh", "rsvd", "qdwh", "auto")
-ALL = EXACT + ("newton_schulz", "polar_express")
+ALL = EXACT + ("newton_schulz", "polar_express", "polar_express_exact")
 
 
 def _run_worker(*args: str, timeout: float) -> dict[str, Any]:
@@ -108,7 +108,8 @@ def test_vectorized_polar_equals_per_model_results(methods_report, method):
     expected.add("scan_in_vmap")
   if method == "svd":
     expected.add("shard_map_in_vmap")
-  if method not in ("qdwh", "newton_schulz", "polar_express"):
+  if method not in ("qdwh", "newton_schulz", "polar_express",
+                    "polar_express_exact"):
     expected |= {"vmap_batched_rtol", "vmap_traced_shared_rtol"}
   assert expected <= set(mine), sorted(mine)
   errors = {k: v for k, v in mine.items() if isinstance(v, str) and k in expected}
