@@ -103,7 +103,7 @@ def _shapes(sides: Sequence[int], largest: int) -> tuple[tuple[int, int], ...]:
 
 
 SHAPES = _shapes((128, 256, 512, 1024, 2048, 4096), 4096)
-TINY_SHAPES = _shapes((8,), 32)
+TINY_SHAPES = ((8, 8), (8, 32))
 
 
 @dataclasses.dataclass(frozen=True)
