@@ -137,7 +137,7 @@ _MLP_VARIANTS = {
   "bs32": ("--batch-size", "32"),
   "bs128": ("--batch-size", "128"),
 }
-_EGD_PAPER = "EGD paper (Pasand et al.), its official scripts"
+_EGD_PAPER = "EGD paper (Saheb Pasand & Dohmatob, ICLR 2026), its official scripts"
 TASKS: dict[str, Task] = {
   "add97-mlp": Task(
     ("--task", "mod_add", "--p", "97"), "sgd", 2700, "mlp", ALL_OPTIMIZERS,

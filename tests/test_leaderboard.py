@@ -191,3 +191,50 @@ def test_two_processes_fill_one_file_without_repeats(tmp_path):
   assert [p.wait(timeout=300) for p in procs] == [0, 0]
   keys = [leaderboard.row_key(r) for r in leaderboard.read_rows(path)]
   assert len(keys) == len(set(keys)) == 4
+
+
+def _synthetic_rows():
+  rows = []
+  base = dict(quick=False, cap_steps=1000, cap_epochs=100, best_test_acc=0.5,
+              machine=dict(cpu="cpu", cpus=2, backend="cpu", load_average=1.0),
+              date="2026-12-02T15:00:00+00:00", jax="0.10.2")  # fmt: skip
+  for name in ("muon", "grokfast-ema"):
+    configs = leaderboard.grid("grokfast", name)
+    for seed in leaderboard.TUNE_SEEDS:
+      for i, config in enumerate(configs):
+        steps = 100 * (i + 2) if name == "muon" else None
+        rows.append(base | dict(task="grokfast", optimizer=name, phase="tune",
+                                seed=seed, config=config, steps_to_target=steps,
+                                epochs_to_target=steps and steps // 10,
+                                seconds=steps and steps / 10))  # fmt: skip
+  chosen = leaderboard.grid("grokfast", "muon")[0]
+  eval_steps = (300, 200, None, 250, 400)
+  for seed, steps in zip(leaderboard.EVAL_SEEDS, eval_steps, strict=True):
+    rows.append(base | dict(task="grokfast", optimizer="muon", phase="eval", seed=seed,
+                            config=chosen, steps_to_target=steps,
+                            epochs_to_target=steps and steps // 10,
+                            seconds=steps and steps / 10))  # fmt: skip
+  return rows
+
+
+def test_page_generator_on_a_small_jsonl(tmp_path):
+  rows = _synthetic_rows()
+  path = tmp_path / "rows.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out, figures = tmp_path / "page.md", tmp_path / "figures"
+  subprocess.run(
+    [sys.executable, "docs/make_leaderboard.py", "--jsonl", str(path), "--out",
+     str(out), "--figures", str(figures)],
+    cwd=ROOT, check=True, timeout=120, capture_output=True,
+  )  # fmt: skip
+  text = out.read_text()
+  # muon: 4 of 5 reached; median of (200, 250, 300, 400, > cap) is 300,
+  # quartiles 250 and 400.
+  assert "| muon | muon_lr=0.03 adam_weight_decay=0 | 4/5 | 300 [250–400] " in text
+  assert "| 30 [25–40] |" in text and "| done |" in text
+  # grokfast-ema never reached the target: tuned (first config), eval not run.
+  assert "evaluating: 0/5 seeds" in text
+  assert "790 iterations (MA) and 910 (EMA)" in text
+  assert "## parity-50-4\n\nEGD paper" in text and "Not run yet." in text
+  assert (figures / "leaderboard_grokfast.png").read_bytes()[:4] == b"\x89PNG"
+  assert not (figures / "leaderboard_add97-mlp.png").exists()
