@@ -95,6 +95,7 @@ def cells(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
     else:
       status = f"evaluating: {len(evals)}/{len(leaderboard.EVAL_SEEDS)} seeds"
     out.append(dict(name=name, tune=tune, evals=evals, chosen=chosen, status=status,
+                    configs=configs,
                     grok=leaderboard.grok_optimizer(task, name)))  # fmt: skip
   return out
 
@@ -108,11 +109,18 @@ def _steps(rows: list[dict[str, Any]], kind: str) -> list[float]:
   ]
 
 
-def config_text(config: dict[str, float] | None) -> str:
-  """``lr=0.7 weight_decay=0`` (``–`` when not chosen yet)."""
+def config_text(
+  config: dict[str, float] | None, configs: list[dict[str, float]]
+) -> str:
+  """``lr=0.7 weight_decay=0`` (``–`` when not chosen yet), with ``(edge)``
+  when its learning rate is the smallest or largest of the grid: the best
+  may lie outside it."""
   if config is None:
     return "–"
-  return " ".join(f"{k}={v:g}" for k, v in config.items())
+  text = " ".join(f"{k}={v:g}" for k, v in config.items())
+  key = next(iter(config))
+  lrs = [c[key] for c in configs]
+  return text + (" (edge)" if config[key] in (min(lrs), max(lrs)) else "")
 
 
 def strip_plot(task: str, table: list[dict[str, Any]], path: pathlib.Path) -> bool:
@@ -191,7 +199,9 @@ def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) ->
     f"{list(leaderboard.EVAL_SEEDS)}, which the tables below report. Every "
     "optimizer of a seed starts from the same data split, initialization and "
     "shuffles. SGD-based optimizers keep the task's L2 term in the loss; it is "
-    "not tuned. `python -m experiments.leaderboard --print-grid` prints every grid.",
+    "not tuned. `python -m experiments.leaderboard --print-grid` prints every grid. "
+    "A tuned configuration marked *(edge)* has the grid's smallest or largest "
+    "learning rate: a wider grid may find a better one.",
     "",
     f"**Measured on**: {machines(rows)}.",
     "",
@@ -253,7 +263,8 @@ def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) ->
       if cell["grok"][0] != name:
         name += f" (`{cell['grok'][0]}`)"
       sections.append(
-        f"| {name} | {config_text(cell['chosen'])} | {values} | {cell['status']} |"
+        f"| {name} | {config_text(cell['chosen'], cell['configs'])} | {values} "
+        f"| {cell['status']} |"
       )
     if task == "grokfast":
       sections += [

@@ -647,7 +647,8 @@ def main(argv: list[str] | None = None) -> None:
     return
   print(_threads.describe(), flush=True)
   ran = 0
-  waiting = []
+  waiting: list[str] = []
+  failed: list[str] = []
   for task, name, phase, seed, config in plan(args):
     if phase == "eval":
       chosen = choose(
@@ -662,7 +663,12 @@ def main(argv: list[str] | None = None) -> None:
                        config=config, quick=args.quick))  # fmt: skip
     if not claim(args.jsonl, key):
       continue
-    row = train_row(task, name, phase, seed, config, args.quick)
+    try:
+      row = train_row(task, name, phase, seed, config, args.quick)
+    except Exception as error:  # one broken run must not end a long sweep
+      failed.append(f"{task}/{name}/{phase}/seed {seed}")
+      print(f"{task} {name} {phase} seed {seed}: FAILED: {error!r}", flush=True)
+      continue
     append(args.jsonl, row)
     ran += 1
     shown = " ".join(f"{k}={v:g}" for k, v in config.items())
@@ -677,6 +683,10 @@ def main(argv: list[str] | None = None) -> None:
     cells = ", ".join(dict.fromkeys(waiting))
     print(f"eval waits for tune rows of: {cells}; rerun when they are in")
   print(f"{ran} runs appended to {args.jsonl}")
+  if failed:
+    listed = ", ".join(failed)
+    print(f"{len(failed)} runs failed (no row; a rerun retries them): {listed}")
+    sys.exit(1)
 
 
 if __name__ == "__main__":
