@@ -278,9 +278,21 @@ def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) ->
     if strip_plot(task, table, image):
       sections += ["", f"![steps to target on {task}]({figure_link}/{image.name})"]
     sections.append("")
-  lines += ["## Cells", "", "Status of every (task, optimizer) cell; – : not on "
-            "that task (the MLP variants compare EGD with its baselines only).", "",
-            *overview, "", *sections]
+  statuses = [c for task in leaderboard.TASKS for c in cells(rows, task)]
+  done = sum(c["status"] == "done" for c in statuses)
+  unrun = sum(c["status"] == "not run yet" for c in statuses)
+  lines += [
+    "## Cells",
+    "",
+    f"**{done} of {len(statuses)} cells are done** (tuned and evaluated on every "
+    f"evaluation seed); {unrun} are not run yet, the others are partly run. "
+    "Status of every (task, optimizer) cell; – : not on that task (the MLP "
+    "variants compare EGD with its baselines only).",
+    "",
+    *overview,
+    "",
+    *sections,
+  ]
   return "\n".join(lines).rstrip() + "\n"
 
 

@@ -237,6 +237,9 @@ def test_page_generator_on_a_small_jsonl(tmp_path):
   assert "| 30 [25–40] |" in text and "| done |" in text
   # grokfast-ema never reached the target: tuned (first config), eval not run.
   assert "evaluating: 0/5 seeds" in text
+  total = sum(len(t.optimizers) for t in leaderboard.TASKS.values())
+  assert f"**1 of {total} cells are done**" in text
+  assert f"{total - 2} are not run yet" in text
   assert "790 iterations (MA) and 910 (EMA)" in text
   assert "## parity-50-4\n\nEGD paper" in text and "Not run yet." in text
   assert (figures / "leaderboard_grokfast.png").read_bytes()[:4] == b"\x89PNG"
