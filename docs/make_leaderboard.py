@@ -69,7 +69,7 @@ def stat(values: list[float], cap: float | None, digits: int = 0) -> str:
   median = show(quantile(values, 0.5), cap, digits)
   q1 = show(quantile(values, 0.25), cap, digits)
   q3 = show(quantile(values, 0.75), cap, digits)
-  return f"{median} [{q1}–{q3}]"
+  return median if q1 == median == q3 else f"{median} [{q1}–{q3}]"
 
 
 def cells(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
