@@ -116,7 +116,9 @@ OPTIMIZERS = {
   "Power et al., Omnigrok)",
   "egd-first-layer": "EGD on the first kernel, then SGD (the EGD paper's mode)",
   "egd": "EGD on every kernel, then SGD",
-  "egdm": "optax_egd.egdm (EGD of Nesterov momentum; AdamW on the rest)",
+  "egdm": "optax_egd.egdm (EGD of Nesterov momentum on every 2-D leaf, embeddings "
+  "included; AdamW on the rest, so on add97-transformer the 3-D attention kernels "
+  "of nnx.MultiHeadAttention take AdamW, where muon treats them as matrices)",
   "adam-egd": "Adam's moments, then EGD, on the kernels; AdamW elsewhere",
   "muon": "optax.contrib.muon",
   "grokfast-ema": "Grokfast EMA filter in front of the baseline",
