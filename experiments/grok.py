@@ -146,6 +146,7 @@ TASK_OPTIONS = {
   "p": MODULAR,
   "train_fraction": MODULAR,
   "encoding": MODULAR[:4],
+  "label_noise": MODULAR[:4],
   "n": ("parity",),
   "k": ("parity",),
   "n_test": ("parity",),
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     "--encoding",
     choices=("onehot", "tokens"),
     help="mod_*: one-hot features (default) or tokens (for --model transformer)",
+  )
+  task.add_argument(
+    "--label-noise",
+    type=number(0, 1, high_open=True),
+    help="mod_*: the fraction of training labels replaced by a wrong class "
+    "(default 0; the test labels stay clean)",
   )
   task.add_argument(
     "--n", type=integer(1), help="parity: input bits (default from --k: 400, 100, 50)"
@@ -276,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     type=integer(1),
     help="default: the task's (512; parity 32, MNIST 200), at most the training set",
   )
-  opt.add_argument("--loss", choices=("cross_entropy", "mse"))
+  opt.add_argument(
+    "--loss",
+    choices=("cross_entropy", "mse", "stablemax_cross_entropy"),
+    help="stablemax_cross_entropy: StableMax (Prieto et al. 2025), for ⊥Grad",
+  )
   run = p.add_argument_group("run")
   run.add_argument(
     "--max-epochs", type=integer(1), default=2000, help="per run (default 2000)"
@@ -479,7 +490,9 @@ def make_data(args: argparse.Namespace, key: jax.Array) -> tasks.Dataset:
     return tasks.grokfast_multiplication(key, args.p, args.train_fraction)
   if args.task.startswith("mod_"):
     op = args.task.removeprefix("mod_")
-    return tasks.modular_arithmetic(key, op, args.p, args.train_fraction, args.encoding)
+    return tasks.modular_arithmetic(
+      key, op, args.p, args.train_fraction, args.encoding, args.label_noise or 0.0
+    )
   if args.task == "parity":
     return tasks.sparse_parity(key, args.n, args.k, args.n_train, args.n_test)
   return tasks.mnist(key, args.n_train)

@@ -141,8 +141,14 @@ def modular_arithmetic(
   p: int = 97,
   train_fraction: float = 0.5,
   encoding: Encoding = "onehot",
+  label_noise: float = 0.0,
 ) -> Dataset:
-  """``a ∘ b mod p`` with a random ``train_fraction`` of all pairs for training."""
+  """``a ∘ b mod p`` with a random ``train_fraction`` of all pairs for training.
+
+  ``label_noise``: the fraction of the *training* labels replaced by a wrong
+  class (:func:`corrupt_labels`, from ``fold_in(key, 1)``); the split and the
+  test labels are those of ``label_noise=0``.
+  """
   a, b, c = modular_table(op, p)
   if encoding == "onehot":
     x, features, vocab = encode_onehot(a, b, p), 2 * p, 0
@@ -152,7 +158,32 @@ def modular_arithmetic(
     raise ValueError(f"encoding must be 'onehot' or 'tokens', got {encoding!r}")
   y = jnp.asarray(c, jnp.int32)
   train, test = split_indices(key, len(c), train_fraction)
-  return Dataset(f"mod_{op}", x[train], y[train], x[test], y[test], p, features, vocab)
+  y_train = corrupt_labels(jax.random.fold_in(key, 1), y[train], p, label_noise)
+  return Dataset(f"mod_{op}", x[train], y_train, x[test], y[test], p, features, vocab)
+
+
+def corrupt_labels(
+  key: jax.Array, labels: jax.Array, num_classes: int, fraction: float
+) -> jax.Array:
+  """``labels`` with ``round(fraction · n)`` of them, chosen at random, replaced
+  by a different class drawn uniformly (so exactly that many are wrong).
+
+  >>> y = jnp.arange(10) % 5
+  >>> int((corrupt_labels(jax.random.key(0), y, 5, 0.3) != y).sum())
+  3
+  """
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f"label noise must be in [0, 1], got {fraction}")
+  n = labels.shape[0]
+  count = round(fraction * n)
+  if count == 0:
+    return labels
+  if num_classes < 2:
+    raise ValueError("label noise needs at least 2 classes")
+  pick_key, shift_key = jax.random.split(key)
+  chosen = jax.random.permutation(pick_key, n)[:count]
+  shift = jax.random.randint(shift_key, (count,), 1, num_classes)
+  return labels.at[chosen].set((labels[chosen] + shift) % num_classes)
 
 
 def grokfast_multiplication(

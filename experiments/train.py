@@ -45,7 +45,7 @@ from experiments.models import is_kernel, path_keys
 from experiments.tasks import Dataset
 from optax_egd.spectrum import spectrum
 
-LossKind = Literal["cross_entropy", "mse"]
+LossKind = Literal["cross_entropy", "mse", "stablemax_cross_entropy"]
 Metrics = dict[str, jax.Array]
 EpochFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, Any, Metrics]]
 METRIC_NAMES = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -61,8 +61,9 @@ class TrainConfig:
     drop_last: drop the last partial batch of every epoch (the official EGD
       scripts); False keeps it as a smaller step (Grokfast).
     l2: coefficient of the ``0.5·l2·Σ‖W‖²`` term added to the loss.
-    loss: ``"cross_entropy"`` on class labels, or ``"mse"`` on one-hot
-      targets (on the ±1 target for a sign task).
+    loss: ``"cross_entropy"`` on class labels, ``"stablemax_cross_entropy"``
+      (:func:`stablemax_cross_entropy`, Prieto et al. 2025), or ``"mse"`` on
+      one-hot targets (on the ±1 target for a sign task).
     max_epochs: epochs to run at most.
     target_accuracy: test accuracy whose first epoch is recorded (and where
       training stops when ``stop_at_target``).
@@ -175,6 +176,20 @@ def l2_penalty(params: Any) -> jax.Array:
   )
 
 
+def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Cross-entropy of StableMax (Prieto et al. 2025, "Grokking at the edge of
+  numerical stability"): ``s(x) = x + 1`` for ``x >= 0``, ``1 / (1 - x)``
+  below, ``p_i = s(x_i) / Σ_j s(x_j)``; per example ``-log p_label``.
+
+  >>> import jax.numpy as jnp
+  >>> float(stablemax_cross_entropy(jnp.array([[1.0, -1.0]]), jnp.array([0]))[0])
+  0.2231...
+  """
+  s = jnp.where(logits >= 0, logits + 1.0, 1.0 / (1.0 - jnp.minimum(logits, 0.0)))
+  chosen = jnp.take_along_axis(s, labels[..., None], axis=-1)[..., 0]
+  return jnp.log(jnp.sum(s, axis=-1)) - jnp.log(chosen)
+
+
 def loss_and_accuracy(
   outputs: jax.Array,
   labels: jax.Array,
@@ -196,6 +211,8 @@ def loss_and_accuracy(
     correct = jnp.argmax(outputs, axis=-1) == labels
     if loss == "cross_entropy":
       value = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+    elif loss == "stablemax_cross_entropy":
+      value = stablemax_cross_entropy(outputs, labels)
     else:
       value = optax.squared_error(outputs, jax.nn.one_hot(labels, num_classes))
       value = value.sum(axis=-1) / num_classes

@@ -1,0 +1,320 @@
+"""Writes ``docs/leaderboard.md`` and its figures from the leaderboard's rows.
+
+::
+
+    python docs/make_leaderboard.py                       # the committed rows
+    python docs/make_leaderboard.py --jsonl rows.jsonl --out /tmp/page.md \\
+        --figures /tmp/figures
+
+reads the JSONL that ``python -m experiments.leaderboard`` fills
+(``experiments/results/leaderboard.jsonl``; ``--quick`` rows are left out),
+and writes per task: the status of every (optimizer) cell, the table of the
+evaluation runs of the tuned configuration (median [IQR] of steps, epochs and
+seconds to target, and the share of seeds that reached it within the cap),
+and a strip plot of steps per optimizer (``docs/figures/leaderboard_<task>.png``).
+A seed that did not reach the target counts as "more than the cap": a median
+or quartile that falls on such a seed is printed as ``> cap``. Cells without
+rows are listed as not run yet. No training, a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import pathlib
+import shlex
+import sys
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments import leaderboard  # noqa: E402
+
+DOCS = ROOT / "docs"
+# Grokfast's README (ironjr/grokfast): iterations to 95% validation accuracy on
+# its modular-multiplication task, the published outside anchor.
+GROKFAST_PUBLISHED = {"grokfast-ma": 790, "grokfast-ema": 910}
+
+
+def quantile(values: list[float], q: float) -> float:
+  """Linear-interpolation quantile; ``inf`` (not reached) as soon as either
+  neighbour is.
+
+  >>> quantile([1, 2, 3, 4], 0.5), quantile([1, 2, math.inf], 0.75)
+  (2.5, inf)
+  """
+  ordered = sorted(values)
+  position = q * (len(ordered) - 1)
+  low, high = math.floor(position), math.ceil(position)
+  if math.isinf(ordered[high]) or math.isinf(ordered[low]):
+    return math.inf
+  return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def show(value: float, cap: float | None, digits: int = 0) -> str:
+  """``value`` as text; ``inf`` as ``> cap`` (or ``n/r``, not reached)."""
+  if math.isinf(value):
+    return f"> {cap:.{digits}f}" if cap is not None else "n/r"
+  return f"{value:.{digits}f}"
+
+
+def stat(values: list[float], cap: float | None, digits: int = 0) -> str:
+  """``median [q1–q3]`` of ``values`` (``inf``: not reached)."""
+  median = show(quantile(values, 0.5), cap, digits)
+  q1 = show(quantile(values, 0.25), cap, digits)
+  q3 = show(quantile(values, 0.75), cap, digits)
+  return median if q1 == median == q3 else f"{median} [{q1}–{q3}]"
+
+
+def cells(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+  """Per optimizer of ``task``: its tune and eval rows, chosen config, status."""
+  out = []
+  for name in leaderboard.TASKS[task].optimizers:
+    configs = leaderboard.grid(task, name)
+    mine = [r for r in rows if r["task"] == task and r["optimizer"] == name]
+    tune = [r for r in mine if r["phase"] == "tune"]
+    chosen = leaderboard.choose(rows, task, name, configs, leaderboard.TUNE_SEEDS)
+    evals = [
+      r for r in mine
+      if r["phase"] == "eval" and chosen is not None and r["config"] == chosen
+      and r["seed"] in leaderboard.EVAL_SEEDS
+    ]  # fmt: skip
+    wanted_tune = len(configs) * len(leaderboard.TUNE_SEEDS)
+    if not mine:
+      status = "not run yet"
+    elif len(evals) >= len(leaderboard.EVAL_SEEDS):
+      status = "done"
+    elif chosen is None:
+      status = f"tuning: {len(tune)}/{wanted_tune} runs"
+    else:
+      status = f"evaluating: {len(evals)}/{len(leaderboard.EVAL_SEEDS)} seeds"
+    out.append(dict(name=name, tune=tune, evals=evals, chosen=chosen, status=status,
+                    configs=configs,
+                    grok=leaderboard.grok_optimizer(task, name)))  # fmt: skip
+  return out
+
+
+def _steps(rows: list[dict[str, Any]], kind: str) -> list[float]:
+  return [
+    r[f"{kind}_to_target" if kind != "seconds" else "seconds"]
+    if r[f"{kind}_to_target" if kind != "seconds" else "seconds"] is not None
+    else math.inf
+    for r in rows
+  ]
+
+
+def config_text(
+  config: dict[str, float] | None, configs: list[dict[str, float]]
+) -> str:
+  """``lr=0.7 weight_decay=0`` (``–`` when not chosen yet), with ``(edge)``
+  when its learning rate is the smallest or largest of the grid: the best
+  may lie outside it."""
+  if config is None:
+    return "–"
+  text = " ".join(f"{k}={v:g}" for k, v in config.items())
+  key = next(iter(config))
+  lrs = [c[key] for c in configs]
+  return text + (" (edge)" if config[key] in (min(lrs), max(lrs)) else "")
+
+
+def strip_plot(task: str, table: list[dict[str, Any]], path: pathlib.Path) -> bool:
+  """Steps to target per seed, one column per optimizer (not reached: an ``x``
+  at the cap); Grokfast's published iterations as dashed lines. False (no
+  figure) when no evaluation row exists."""
+  from matplotlib.figure import Figure
+
+  drawn = [c for c in table if c["evals"]]
+  if not drawn:
+    return False
+  fig = Figure(figsize=(1.1 * len(drawn) + 2.5, 3.8))
+  ax = fig.subplots()
+  for i, cell in enumerate(drawn):
+    for j, row in enumerate(sorted(cell["evals"], key=lambda r: r["seed"])):
+      x = i + (j - 2) * 0.06
+      if row["steps_to_target"] is None:
+        ax.plot(x, row["cap_steps"], "x", color="C3")
+      else:
+        ax.plot(x, row["steps_to_target"], "o", color=f"C{i % 10}", alpha=0.8)
+  if task == "grokfast":
+    for k, (name, steps) in enumerate(GROKFAST_PUBLISHED.items()):
+      ax.axhline(steps, color="0.4", ls="--" if k == 0 else ":", lw=1,
+                 label=f"{name}, Grokfast README: {steps}")  # fmt: skip
+    ax.legend(fontsize=7, loc="upper right")
+  ax.set_xticks(range(len(drawn)), [c["name"] for c in drawn], rotation=35,
+                ha="right", fontsize=8)  # fmt: skip
+  ax.set_yscale("log")
+  ax.set_ylabel("steps to target (x: not reached, at the cap)")
+  ax.set_title(f"{task}: evaluation seeds {list(leaderboard.EVAL_SEEDS)}", fontsize=9)
+  ax.grid(True, axis="y", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  return True
+
+
+def machines(rows: list[dict[str, Any]]) -> str:
+  """Where and when the rows were measured."""
+  if not rows:
+    return "no rows yet"
+  cpus = collections.Counter(
+    f"{r['machine']['cpu']} ({r['machine']['cpus']} CPUs, {r['machine']['backend']})"
+    for r in rows
+  )
+  dates = sorted(r["date"] for r in rows)
+  jax_versions = sorted({r["jax"] for r in rows})
+  loads = [r["machine"]["load_average"] for r in rows]
+  return (
+    f"{', '.join(cpus)}; JAX {', '.join(jax_versions)}; "
+    f"{dates[0][:16]} to {dates[-1][:16]} UTC; load average (1 min) "
+    f"{min(loads):.1f}-{max(loads):.1f} (the machine was shared: seconds are noisy)"
+  )
+
+
+def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) -> str:
+  """The markdown of the page; draws the figures into ``figures``."""
+  rows = [r for r in rows if not r.get("quick")]
+  lines = [
+    "# Leaderboard",
+    "",
+    "Which optimizer makes a model grok soonest, each tuned on the same budget. "
+    "Generated by `python docs/make_leaderboard.py` from "
+    "`experiments/results/leaderboard.jsonl`, which "
+    "`python -m experiments.leaderboard` fills (it resumes: a rerun trains only "
+    "the missing rows).",
+    "",
+    "**Protocol.** For every task and optimizer: "
+    f"{leaderboard.TRIALS} configurations (the learning rate times "
+    f"{', '.join(f'{f:g}' for f in leaderboard.LR_FACTORS)}; for an optimizer with "
+    "a weight decay, the learning rate times "
+    f"{', '.join(f'{f:g}' for f in leaderboard.WD_LR_FACTORS)} × two decays) on "
+    f"the tuning seeds {list(leaderboard.TUNE_SEEDS)}: "
+    f"{leaderboard.TRIALS * len(leaderboard.TUNE_SEEDS)} tuning runs each. The "
+    "configuration with the fewest median steps to the target (a seed that misses "
+    "it counts as the cap) is then run on the evaluation seeds "
+    f"{list(leaderboard.EVAL_SEEDS)}, which the tables below report. Every "
+    "optimizer of a seed starts from the same data split, initialization and "
+    "shuffles. SGD-based optimizers keep the task's L2 term in the loss; it is "
+    "not tuned. `python -m experiments.leaderboard --print-grid` prints every grid. "
+    "A tuned configuration marked *(edge)* has the grid's smallest or largest "
+    "learning rate: a wider grid may find a better one.",
+    "",
+    f"**Measured on**: {machines(rows)}.",
+    "",
+    "**Commands**:",
+    "",
+    "```bash",
+    "python -m experiments.leaderboard            # every task, cheapest first",
+    "python -m experiments.leaderboard --tasks grokfast --optimizers egdm,muon",
+    "python docs/make_leaderboard.py              # this page and its figures",
+    "```",
+    "",
+    "Optimizers: " + "; ".join(
+      f"`{name}`: {text}" for name, text in leaderboard.OPTIMIZERS.items()
+    ) + ".",
+    "",
+  ]
+  overview = ["| task | " + " | ".join(leaderboard.ALL_OPTIMIZERS) + " |",
+              "|---" * (len(leaderboard.ALL_OPTIMIZERS) + 1) + "|"]  # fmt: skip
+  sections = []
+  for task, spec in leaderboard.TASKS.items():
+    table = cells(rows, task)
+    by_name = {c["name"]: c["status"] for c in table}
+    overview.append(
+      f"| {task} | "
+      + " | ".join(by_name.get(n, "–") for n in leaderboard.ALL_OPTIMIZERS)
+      + " |"
+    )
+    sample = leaderboard.resolved(task, "baseline", {}, quick=False)
+    sections += [
+      f"## {task}",
+      "",
+      f"{spec.source}. `python -m experiments.grok {shlex.join(spec.argv)}`; "
+      f"baseline {spec.baseline}; target {sample.target_accuracy:.0%} test accuracy; "
+      f"cap {spec.cap_steps} steps.",
+      "",
+    ]
+    if not any(c["tune"] or c["evals"] for c in table):
+      sections += ["Not run yet.", ""]
+      continue
+    sections += [
+      "| optimizer | tuned config | reached | steps: median [IQR] "
+      "| epochs: median [IQR] | seconds: median [IQR] | status |",
+      "|---|---|---|---|---|---|---|",
+    ]
+    for cell in table:
+      evals = cell["evals"]
+      if evals:
+        cap = max(r["cap_steps"] for r in evals)
+        cap_epochs = max(r["cap_epochs"] for r in evals)
+        reached = sum(r["steps_to_target"] is not None for r in evals)
+        values = (
+          f"{reached}/{len(evals)} | {stat(_steps(evals, 'steps'), cap)} "
+          f"| {stat(_steps(evals, 'epochs'), cap_epochs)} "
+          f"| {stat(_steps(evals, 'seconds'), None, 1)}"
+        )
+      else:
+        values = "– | – | – | –"
+      name = cell["name"]
+      if cell["grok"][0] != name:
+        name += f" (`{cell['grok'][0]}`)"
+      sections.append(
+        f"| {name} | {config_text(cell['chosen'], cell['configs'])} | {values} "
+        f"| {cell['status']} |"
+      )
+    if task == "grokfast":
+      sections += [
+        "",
+        "Outside anchor: Grokfast's README reports "
+        f"{GROKFAST_PUBLISHED['grokfast-ma']} iterations (MA) and "
+        f"{GROKFAST_PUBLISHED['grokfast-ema']} (EMA) to 95% on this task "
+        "(their run, their hardware, their hyperparameters).",
+      ]
+    image = figures / f"leaderboard_{task}.png"
+    if strip_plot(task, table, image):
+      sections += ["", f"![steps to target on {task}]({figure_link}/{image.name})"]
+    sections.append("")
+  statuses = [c for task in leaderboard.TASKS for c in cells(rows, task)]
+  done = sum(c["status"] == "done" for c in statuses)
+  unrun = sum(c["status"] == "not run yet" for c in statuses)
+  lines += [
+    "## Cells",
+    "",
+    f"**{done} of {len(statuses)} cells are done** (tuned and evaluated on every "
+    f"evaluation seed); {unrun} are not run yet, the others are partly run. "
+    "Status of every (task, optimizer) cell; – : not on that task (the MLP "
+    "variants compare EGD with its baselines only).",
+    "",
+    *overview,
+    "",
+    *sections,
+  ]
+  return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--jsonl", type=pathlib.Path,
+                 default=ROOT / leaderboard.DEFAULT_JSONL)  # fmt: skip
+  p.add_argument("--out", type=pathlib.Path, default=DOCS / "leaderboard.md")
+  p.add_argument("--figures", type=pathlib.Path, default=DOCS / "figures")
+  args = p.parse_args(argv)
+  if args.jsonl.exists() and not args.jsonl.is_file():
+    p.error(f"argument --jsonl: {args.jsonl} is not a file")
+  args.figures.mkdir(parents=True, exist_ok=True)
+  link = (
+    "figures"
+    if args.figures.resolve() == (args.out.parent / "figures").resolve()
+    else str(args.figures.resolve())
+  )
+  text = page(leaderboard.read_rows(args.jsonl), args.figures, link)
+  args.out.write_text(text)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

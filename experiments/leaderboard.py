@@ -1,0 +1,695 @@
+"""``python -m experiments.leaderboard``: every optimizer tuned on one budget, per task.
+
+For each task and optimizer, two phases:
+
+* **tune**: every configuration of the optimizer's grid (:func:`grid`: the
+  learning rate, and the weight decay where the optimizer has one; the same
+  number of trials, :data:`TRIALS`, for every optimizer) on the tuning seeds
+  :data:`TUNE_SEEDS`. The chosen configuration (:func:`choose`) has the
+  fewest median steps to the target accuracy, a seed that does not reach it
+  counting as the cap (ties: the higher median best test accuracy, then the
+  grid's order);
+* **eval**: the chosen configuration on the evaluation seeds
+  :data:`EVAL_SEEDS`, disjoint from the tuning seeds.
+
+Each run is :func:`experiments.grok.run_one` with the task's options
+(:data:`TASKS`), so on a task every optimizer of a seed starts from the same
+data split, initialization and shuffles. Every finished run is appended at
+once, as one JSON line, to ``--jsonl`` (default
+``experiments/results/leaderboard.jsonl``): a rerun skips the rows already
+there, and several processes can fill one file (each claims a run under an
+``fcntl`` lock of ``<jsonl>.lock`` in ``<jsonl>.claims`` before training it,
+so two processes never train the same run; a claim of a process that is no
+longer running is void). A cell's eval runs wait until its tune rows are all
+in the file. ``docs/make_leaderboard.py`` renders the file as
+``docs/leaderboard.md``.
+
+Example::
+
+    python -m experiments.leaderboard --tasks add97-mlp --optimizers sgd,egd
+    python -m experiments.leaderboard --print-grid
+    python -m experiments.leaderboard --quick --jsonl /tmp/quick.jsonl   # seconds
+
+The per-task options and optimizer grids are in :data:`TASKS` and
+:func:`grid`:
+
+>>> [c["lr"] for c in grid("add97-mlp", "sgd")]
+[0.175, 0.35, 0.7, 1.4]
+>>> grid("grokfast", "muon")[0]
+{'muon_lr': 0.03, 'adam_weight_decay': 0.0}
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import json
+import math
+import os
+import pathlib
+import platform
+import shlex
+import socket
+import statistics
+import sys
+import time
+from typing import Any
+
+from experiments import _cli, _threads
+
+DEFAULT_JSONL = pathlib.Path("experiments/results/leaderboard.jsonl")
+TUNE_SEEDS = (100, 101)
+EVAL_SEEDS = (0, 1, 2, 3, 4)
+QUICK_TUNE_SEEDS = (100,)
+QUICK_EVAL_SEEDS = (0, 1)
+TRIALS = 4  # configurations per optimizer and task
+QUICK_TRIALS = 2
+LR_FACTORS = (0.25, 0.5, 1.0, 2.0)  # times the task's learning rate, lr-only grids
+WD_LR_FACTORS = (0.5, 1.0)  # with two weight decays: 2 × 2 = TRIALS
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One leaderboard task.
+
+  Attributes:
+    argv: the :mod:`experiments.grok` options that select it.
+    baseline: ``"sgd"`` or ``"adamw"``, as the task's paper trains it.
+    cap_steps: optimizer steps per run at most (rounded up to whole epochs).
+    family: ``"mlp"`` (the EGD paper's MLP, modular), ``"parity"``,
+      ``"transformer"`` or ``"mnist"``: picks the optimizers' learning rates.
+    optimizers: the optimizers run by default.
+    source: the paper whose setup this is.
+    quick_argv: tiny options for ``--quick``.
+  """
+
+  argv: tuple[str, ...]
+  baseline: str
+  cap_steps: int
+  family: str
+  optimizers: tuple[str, ...]
+  source: str
+  quick_argv: tuple[str, ...] = ()
+
+
+# Leaderboard optimizer names (see OPTIMIZERS) run everywhere.
+ALL_OPTIMIZERS = (
+  "baseline",
+  "egd-first-layer",
+  "egd",
+  "egdm",
+  "adam-egd",
+  "muon",
+  "grokfast-ema",
+  "grokfast-ma",
+  "perp-adamw",
+  "column-norm",
+)
+# The task variants of the EGD paper's open questions: EGD against its baselines.
+VARIANT_OPTIMIZERS = ("baseline", "egd-first-layer", "egd", "egdm", "column-norm")
+OPTIMIZERS = {
+  "baseline": "the task's baseline: SGD (EGD paper tasks) or AdamW (Grokfast, "
+  "Power et al., Omnigrok)",
+  "egd-first-layer": "EGD on the first kernel, then SGD (the EGD paper's mode)",
+  "egd": "EGD on every kernel, then SGD",
+  "egdm": "optax_egd.egdm (EGD of Nesterov momentum on every 2-D leaf, embeddings "
+  "included; AdamW on the rest, so on add97-transformer the 3-D attention kernels "
+  "of nnx.MultiHeadAttention take AdamW, where muon treats them as matrices)",
+  "adam-egd": "Adam's moments, then EGD, on the kernels; AdamW elsewhere",
+  "muon": "optax.contrib.muon",
+  "grokfast-ema": "Grokfast EMA filter in front of the baseline",
+  "grokfast-ma": "Grokfast MA filter in front of the baseline",
+  "perp-adamw": "⊥AdamW (⊥Grad in front of AdamW) with the StableMax "
+  "cross-entropy (Prieto et al. 2025); MSE stays on a ±1 task",
+  "column-norm": "column normalization in front of the baseline",
+}
+
+_MLP_QUICK = ("--p", "11", "--hidden", "16", "--batch-size", "16")
+_PARITY_QUICK = ("--n", "20", "--n-train", "64", "--n-test", "64", "--hidden", "16")
+_TRANSFORMER_QUICK = ("--p", "11", "--d-model", "16", "--heads", "2", "--layers", "1")
+_MLP_VARIANTS = {
+  "noise5": ("--label-noise", "0.05"),
+  "noise10": ("--label-noise", "0.1"),
+  "frac0.3": ("--train-fraction", "0.3"),
+  "frac0.7": ("--train-fraction", "0.7"),
+  "bs32": ("--batch-size", "32"),
+  "bs128": ("--batch-size", "128"),
+}
+_EGD_PAPER = "EGD paper (Saheb Pasand & Dohmatob, ICLR 2026), its official scripts"
+TASKS: dict[str, Task] = {
+  "add97-mlp": Task(
+    ("--task", "mod_add", "--p", "97"), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
+    _EGD_PAPER, ("--task", "mod_add", *_MLP_QUICK),
+  ),
+  "mul97-mlp": Task(
+    ("--task", "mod_mul", "--p", "97"), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
+    _EGD_PAPER, ("--task", "mod_mul", *_MLP_QUICK),
+  ),
+  "parity-400-2": Task(
+    ("--task", "parity", "--k", "2"), "sgd", 18600, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, ("--task", "parity", "--k", "2", *_PARITY_QUICK),
+  ),
+  **{
+    f"add97-mlp-{name}": Task(
+      ("--task", "mod_add", "--p", "97", *extra), "sgd", 2700, "mlp",
+      VARIANT_OPTIMIZERS, _EGD_PAPER + ", with " + " ".join(extra),
+      ("--task", "mod_add", *_MLP_QUICK, *(extra if "noise" in name else ())),
+    )
+    for name, extra in _MLP_VARIANTS.items()
+  },
+  "grokfast": Task(
+    ("--preset", "grokfast"), "adamw", 1000, "transformer", ALL_OPTIMIZERS,
+    "Grokfast (Lee et al. 2024), ironjr/grokfast main.py",
+    ("--preset", "grokfast", *_TRANSFORMER_QUICK),
+  ),
+  "add97-transformer": Task(
+    ("--task", "mod_add", "--p", "97", "--encoding", "tokens"), "adamw", 3000,
+    "transformer", ALL_OPTIMIZERS,
+    "Power et al. 2022 style: a + b mod 97, 50% train, 2-layer decoder "
+    "(d_model 128, 4 heads), AdamW β2 0.98, 10-step warmup",
+    ("--task", "mod_add", "--encoding", "tokens", *_TRANSFORMER_QUICK),
+  ),
+  "parity-100-3": Task(
+    ("--task", "parity", "--k", "3"), "sgd", 62000, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, ("--task", "parity", "--k", "3", *_PARITY_QUICK),
+  ),
+  "parity-50-4": Task(
+    ("--task", "parity", "--k", "4"), "sgd", 62000, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, ("--task", "parity", "--k", "4", *_PARITY_QUICK),
+  ),
+  "mnist": Task(
+    ("--task", "mnist"), "adamw", 2000, "mnist", ALL_OPTIMIZERS,
+    "Omnigrok (Liu et al. 2023): 1000 training images, MSE, init ×8",
+    ("--task", "mnist", "--n-train", "100", "--width", "16"),
+  ),
+}
+# Cheapest first: the order the sweep runs them in.
+QUICK_TASKS = ("add97-mlp",)
+QUICK_OPTIMIZERS = ("baseline", "egd")
+QUICK_CAP_STEPS = 8
+
+# Learning rates at the centre of each grid: the papers' where they exist (SGD
+# and EGD: the EGD paper's; AdamW 1e-3: Grokfast's and Power et al.'s; Muon
+# and egdm: the best of experiments/results/grokfast_sweep.json on the
+# transformer), else the nearest measured value in experiments/results.
+_SGD_LR = {"mlp": 0.7, "parity": None, "transformer": 0.05, "mnist": 0.05}
+_CENTRE = {
+  "egdm": {"mlp": 0.1, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
+  "adam-egd": {"mlp": 0.05, "parity": 0.01, "transformer": 0.02, "mnist": 0.1},
+  "muon": {"mlp": 0.06, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
+  "adamw": {"mlp": 1e-3, "parity": 1e-3, "transformer": 1e-3, "mnist": 1e-3},
+}
+_WEIGHT_DECAYS = {"adamw": (0.1, 1.0), "other": (0.0, 0.1)}
+
+
+def grok_optimizer(task: str, name: str) -> tuple[str, tuple[str, ...]]:
+  """The :mod:`experiments.grok` optimizer name of leaderboard optimizer
+  ``name`` on ``task``, and any extra grok options it needs.
+
+  >>> grok_optimizer("grokfast", "grokfast-ema")
+  ('grokfast-ema-adamw', ())
+  >>> grok_optimizer("add97-mlp", "perp-adamw")
+  ('orthograd-adamw', ('--loss', 'stablemax_cross_entropy'))
+  """
+  base = TASKS[task].baseline
+  if name == "baseline":
+    return base, ()
+  if name in ("grokfast-ema", "grokfast-ma", "column-norm"):
+    return (name if base == "sgd" else f"{name}-adamw"), ()
+  if name == "perp-adamw":
+    sign_task = TASKS[task].family == "parity"
+    loss = () if sign_task else ("--loss", "stablemax_cross_entropy")
+    return "orthograd-adamw", loss
+  return name, ()
+
+
+def _lr_key(grok_name: str) -> str:
+  if grok_name == "muon":
+    return "muon_lr"
+  if grok_name == "adamw" or grok_name.endswith("-adamw"):
+    return "adam_lr"
+  return "lr"
+
+
+def _wd_key(grok_name: str) -> str | None:
+  if grok_name == "egdm":
+    return "weight_decay"
+  if grok_name in ("muon", "adam-egd", "adamw") or grok_name.endswith("-adamw"):
+    return "adam_weight_decay"
+  return None  # SGD-based: the task's l2 in the loss, not tuned
+
+
+def _centre(task: str, grok_name: str) -> float:
+  family = TASKS[task].family
+  key = _lr_key(grok_name)
+  if key == "adam_lr":
+    return _CENTRE["adamw"][family]
+  if key == "muon_lr":
+    return _CENTRE["muon"][family]
+  if grok_name in _CENTRE:
+    return _CENTRE[grok_name][family]
+  if family == "parity":  # the EGD paper's per-k learning rate
+    from experiments import grok
+
+    return grok._PARITY[int(TASKS[task].argv[-1])]["lr"]  # type: ignore[return-value]
+  return _SGD_LR[family]  # type: ignore[return-value]
+
+
+def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
+  """The configurations tried for ``name`` on ``task``: ``trials`` of them.
+
+  Learning-rate-only optimizers: the centre learning rate times
+  :data:`LR_FACTORS` (the first ``trials``, widest spread kept); with a
+  weight decay: :data:`WD_LR_FACTORS` × two decays (0.1 and 1 for AdamW, 0
+  and 0.1 for the others).
+  """
+  grok_name, _ = grok_optimizer(task, name)
+  lr_key, wd_key = _lr_key(grok_name), _wd_key(grok_name)
+  centre = _centre(task, grok_name)
+  rounded = lambda v: float(f"{v:.4g}")
+  if wd_key is None:
+    factors = LR_FACTORS if trials == len(LR_FACTORS) else LR_FACTORS[1 : 1 + trials]
+    return [{lr_key: rounded(centre * f)} for f in factors][:trials]
+  decays = _WEIGHT_DECAYS["adamw" if lr_key == "adam_lr" else "other"]
+  configs = [
+    {lr_key: rounded(centre * f), wd_key: d} for d in decays for f in WD_LR_FACTORS
+  ]
+  return configs if trials == len(configs) else configs[1::2][:trials]
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The command line's parser."""
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.leaderboard", description=__doc__.splitlines()[0]
+  )
+  p.add_argument(
+    "--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (default: all)"
+  )
+  p.add_argument(
+    "--optimizers",
+    help=f"comma-separated, from: {', '.join(OPTIMIZERS)} (default: each "
+    "task's own list: all of them, the MLP variants "
+    f"{', '.join(VARIANT_OPTIMIZERS)})",
+  )
+  p.add_argument(
+    "--phase",
+    choices=("tune", "eval", "both"),
+    default="both",
+    help="tune: the grid on the tuning seeds; eval: the chosen configuration on "
+    "the evaluation seeds (needs the cell's tune rows); default both",
+  )
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help=f"tiny task sizes, a cap of {QUICK_CAP_STEPS} steps, {QUICK_TRIALS} "
+    f"trials, tune seed {QUICK_TUNE_SEEDS}, eval seeds {QUICK_EVAL_SEEDS} "
+    f"(default tasks {', '.join(QUICK_TASKS)}, optimizers "
+    f"{', '.join(QUICK_OPTIMIZERS)}): seconds",
+  )
+  p.add_argument(
+    "--jsonl",
+    "--out",
+    dest="jsonl",
+    type=pathlib.Path,
+    default=DEFAULT_JSONL,
+    help=f"the rows file, appended to (default {DEFAULT_JSONL})",
+  )
+  p.add_argument(
+    "--print-grid",
+    action="store_true",
+    help="print every task's options, cap, seeds and grids, and exit",
+  )
+  p.add_argument(
+    "--max-runs",
+    type=_cli.integer(1),
+    help="stop after training this many runs (default: all)",
+  )
+  return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  """Parse and check the options; a bad one is a one-line usage error."""
+  p = build_parser()
+  args = p.parse_args(argv)
+  tasks = QUICK_TASKS if args.quick else tuple(TASKS)
+  args.task_ids = _cli.name_list(args.tasks) if args.tasks is not None else list(tasks)
+  problem = _cli.check_names("argument --tasks", args.task_ids, tuple(TASKS))
+  if args.optimizers is not None:
+    args.optimizer_names = _cli.name_list(args.optimizers)
+    problem = problem or _cli.check_names(
+      "argument --optimizers", args.optimizer_names, tuple(OPTIMIZERS)
+    )
+  else:
+    args.optimizer_names = list(QUICK_OPTIMIZERS) if args.quick else None
+  if problem:
+    p.error(problem)
+  if args.jsonl.exists() and not args.jsonl.is_file():
+    p.error(f"argument --jsonl: {args.jsonl} is not a file")
+  if not args.print_grid:
+    problem = _cli.unwritable(args.jsonl.parent)
+    if problem:
+      p.error(f"argument --jsonl: {problem}")
+  args.tune_seeds = QUICK_TUNE_SEEDS if args.quick else TUNE_SEEDS
+  args.eval_seeds = QUICK_EVAL_SEEDS if args.quick else EVAL_SEEDS
+  args.trials = QUICK_TRIALS if args.quick else TRIALS
+  return args
+
+
+def optimizers_of(args: argparse.Namespace, task: str) -> list[str]:
+  """The optimizers to run on ``task``: ``--optimizers`` or the task's own."""
+  if args.optimizer_names is not None:
+    return list(args.optimizer_names)
+  return list(TASKS[task].optimizers)
+
+
+def task_argv(task: str, quick: bool) -> list[str]:
+  """The task's :mod:`experiments.grok` options (the tiny ones with ``quick``).
+
+  >>> task_argv("add97-mlp-noise5", quick=True)
+  ['--task', 'mod_add', '--p', '11', '--hidden', '16', '--batch-size', '16', \
+'--label-noise', '0.05']
+  """
+  spec = TASKS[task]
+  if not quick:
+    return list(spec.argv)
+  return list(spec.quick_argv)
+
+
+def cap_epochs(cap_steps: int, steps_per_epoch: int) -> int:
+  """Whole epochs covering ``cap_steps`` steps.
+
+  >>> cap_epochs(2700, 9), cap_epochs(1000, 10), cap_epochs(10, 3)
+  (300, 100, 4)
+  """
+  return -(-cap_steps // steps_per_epoch)
+
+
+def run_argv(task: str, name: str, config: dict[str, float], quick: bool) -> list[str]:
+  """The :mod:`experiments.grok` options of one run, cap excluded."""
+  grok_name, extra = grok_optimizer(task, name)
+  argv = [*task_argv(task, quick), "--optimizer", grok_name, *extra]
+  for key, value in config.items():
+    argv += [f"--{key.replace('_', '-')}", repr(value)]
+  return argv
+
+
+def resolved(task: str, name: str, config: dict[str, float], quick: bool) -> Any:
+  """The resolved :mod:`experiments.grok` namespace of a run, with its cap set
+  (``max_epochs`` covering the task's cap steps)."""
+  from experiments import grok
+  from experiments.train import steps_per_epoch
+
+  argv = run_argv(task, name, config, quick)
+  args = grok.resolve(grok.parse_args([*argv, "--max-epochs", "1"]))
+  per_epoch = steps_per_epoch(grok.train_size(args), grok.train_config(args))
+  cap = QUICK_CAP_STEPS if quick else TASKS[task].cap_steps
+  args.max_epochs = cap_epochs(cap, per_epoch)
+  args.checkpoint_every = 0
+  args.no_progress = True
+  return args
+
+
+def row_key(row: dict[str, Any]) -> str:
+  """What identifies a run: task, optimizer, phase, seed, config, quick."""
+  return json.dumps(
+    [row["task"], row["optimizer"], row["phase"], row["seed"], row["config"],
+     bool(row.get("quick"))],
+    sort_keys=True,
+  )
+
+
+def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The rows of a JSONL file (a torn last line, from a killed writer, is
+  skipped)."""
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    with contextlib.suppress(json.JSONDecodeError):
+      if line.strip():
+        rows.append(json.loads(line))
+  return rows
+
+
+@contextlib.contextmanager
+def locked(path: pathlib.Path) -> Iterator[None]:
+  """An exclusive ``fcntl`` lock of ``<path>.lock`` for the block."""
+  with open(f"{path}.lock", "a") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(claim: dict[str, Any]) -> bool:
+  if claim.get("host") != socket.gethostname():
+    return time.time() - claim.get("time", 0) < 24 * 3600
+  if claim.get("pid") == os.getpid():
+    return True
+  try:
+    os.kill(claim["pid"], 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def claim(path: pathlib.Path, key: str) -> bool:
+  """Claim run ``key`` for this process; False if it is done or claimed by a
+  live process."""
+  claims = pathlib.Path(f"{path}.claims")
+  with locked(path):
+    if key in {row_key(r) for r in read_rows(path)}:
+      return False
+    if any(c["key"] == key and _alive(c) for c in read_rows(claims)):
+      return False
+    entry = {"key": key, "pid": os.getpid(), "host": socket.gethostname(),
+             "time": time.time()}  # fmt: skip
+    with open(claims, "a") as f:
+      f.write(json.dumps(entry) + "\n")
+  return True
+
+
+def append(path: pathlib.Path, row: dict[str, Any]) -> None:
+  """Append ``row`` as one line, under the lock."""
+  with locked(path), open(path, "a") as f:
+    f.write(json.dumps(_finite(row)) + "\n")
+
+
+def _finite(value: Any) -> Any:
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_finite(v) for v in value]
+  return value
+
+
+def cpu_model() -> str:
+  """The CPU's model name from ``/proc/cpuinfo``, else the platform's."""
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  if cpuinfo.exists():
+    for line in cpuinfo.read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+  """Where a row was measured."""
+  import jax
+
+  return {
+    "cpu": cpu_model(),
+    "cpus": os.cpu_count(),
+    "load_average": round(os.getloadavg()[0], 2),
+    "blas_threads": _threads.describe(),
+    "backend": jax.default_backend(),
+  }
+
+
+def train_row(
+  task: str, name: str, phase: str, seed: int, config: dict[str, float], quick: bool
+) -> dict[str, Any]:
+  """Train one run and return its row."""
+  import jax
+
+  from experiments import grok
+
+  args = resolved(task, name, config, quick)
+  result = grok.run_one(args, args.optimizers[0], seed)
+  h = result.history
+  argv = run_argv(task, name, config, quick)
+  command = shlex.join(
+    ["python", "-m", "experiments.grok", *argv, "--max-epochs", str(args.max_epochs),
+     "--seed", str(seed)]
+  )  # fmt: skip
+  return {
+    "task": task,
+    "optimizer": name,
+    "phase": phase,
+    "seed": seed,
+    "config": config,
+    "quick": quick,
+    "steps_to_target": result.steps_to_target,
+    "epochs_to_target": result.epochs_to_target,
+    "seconds": result.seconds_to_target,
+    "cap_steps": args.max_epochs * result.steps_per_epoch,
+    "cap_epochs": args.max_epochs,
+    "steps_per_epoch": result.steps_per_epoch,
+    "target_accuracy": args.target_accuracy,
+    "epochs_run": h.epochs,
+    "seconds_run": sum(h.seconds),
+    "compile_seconds": result.compile_seconds,
+    "best_test_acc": max(h.test_acc),
+    "final_test_acc": h.test_acc[-1],
+    "final_train_acc": h.train_acc[-1],
+    "grok_optimizer": args.optimizers[0],
+    "loss": args.loss,
+    "command": command,
+    "machine": machine(),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "jax": jax.__version__,
+  }
+
+
+def _score(rows: list[dict[str, Any]]) -> tuple[float, float]:
+  steps = [
+    r["steps_to_target"] if r["steps_to_target"] is not None else r["cap_steps"]
+    for r in rows
+  ]
+  return statistics.median(steps), -statistics.median(r["best_test_acc"] for r in rows)
+
+
+def choose(
+  rows: list[dict[str, Any]],
+  task: str,
+  name: str,
+  configs: list[dict[str, float]],
+  seeds: tuple[int, ...],
+  quick: bool = False,
+) -> dict[str, float] | None:
+  """The tuned configuration of (``task``, ``name``): the one of ``configs``
+  with the fewest median steps to target over ``seeds`` (unreached: the cap),
+  ties to the higher median best test accuracy, then the earlier config.
+  None until every tune row is in ``rows``.
+
+  >>> row = lambda lr, s: dict(task="t", optimizer="o", phase="tune", seed=0,
+  ...   config={"lr": lr}, steps_to_target=s, cap_steps=100, best_test_acc=0.9)
+  >>> choose([row(1.0, None), row(2.0, 40)], "t", "o", [{"lr": 1.0}, {"lr": 2.0}], (0,))
+  {'lr': 2.0}
+  """
+  tune = [
+    r for r in rows
+    if r["task"] == task and r["optimizer"] == name and r["phase"] == "tune"
+    and bool(r.get("quick")) == quick
+  ]  # fmt: skip
+  scores = []
+  for i, config in enumerate(configs):
+    mine = [r for r in tune if r["config"] == config and r["seed"] in seeds]
+    if {r["seed"] for r in mine} != set(seeds):
+      return None
+    scores.append((*_score(mine), i))
+  return configs[min(scores)[2]] if scores else None
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, dict[str, float]]]:
+  """Every (task, optimizer, phase, seed, config) the options ask for, in the
+  order they run: task by task, optimizer by optimizer, tune before eval
+  (eval entries have an empty config: chosen when they run)."""
+  entries = []
+  for task in args.task_ids:
+    for name in optimizers_of(args, task):
+      if args.phase in ("tune", "both"):
+        for seed in args.tune_seeds:
+          for config in grid(task, name, args.trials):
+            entries.append((task, name, "tune", seed, config))
+      if args.phase in ("eval", "both"):
+        for seed in args.eval_seeds:
+          entries.append((task, name, "eval", seed, {}))
+  return entries
+
+
+def print_grid(args: argparse.Namespace) -> None:
+  """The grid and budget of every selected task and optimizer."""
+  mode = "--quick" if args.quick else "full"
+  print(
+    f"{mode}: {args.trials} configurations per optimizer, each on tuning seeds "
+    f"{list(args.tune_seeds)}; the chosen one on evaluation seeds "
+    f"{list(args.eval_seeds)}; {args.trials * len(args.tune_seeds)} tuning runs "
+    f"+ {len(args.eval_seeds)} evaluation runs per optimizer and task"
+  )
+  for task in args.task_ids:
+    spec = TASKS[task]
+    cap = QUICK_CAP_STEPS if args.quick else spec.cap_steps
+    options = shlex.join(task_argv(task, args.quick))
+    print(f"\n{task}: python -m experiments.grok {options}")
+    print(f"  {spec.source}; baseline {spec.baseline}; cap {cap} steps")
+    for name in optimizers_of(args, task):
+      grok_name, extra = grok_optimizer(task, name)
+      configs = ", ".join(
+        " ".join(f"{k}={v:g}" for k, v in c.items())
+        for c in grid(task, name, args.trials)
+      )
+      print(f"  {name:16s} {grok_name} {' '.join(extra)}: {configs}")
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Run every missing row of the plan, appending each to ``--jsonl``."""
+  args = parse_args(argv)
+  if args.print_grid:
+    print_grid(args)
+    return
+  print(_threads.describe(), flush=True)
+  ran = 0
+  waiting: list[str] = []
+  failed: list[str] = []
+  for task, name, phase, seed, config in plan(args):
+    if phase == "eval":
+      chosen = choose(
+        read_rows(args.jsonl), task, name, grid(task, name, args.trials),
+        args.tune_seeds, args.quick,
+      )  # fmt: skip
+      if chosen is None:
+        waiting.append(f"{task}/{name}")
+        continue
+      config = chosen
+    key = row_key(dict(task=task, optimizer=name, phase=phase, seed=seed,
+                       config=config, quick=args.quick))  # fmt: skip
+    if not claim(args.jsonl, key):
+      continue
+    try:
+      row = train_row(task, name, phase, seed, config, args.quick)
+    except Exception as error:  # one broken run must not end a long sweep
+      failed.append(f"{task}/{name}/{phase}/seed {seed}")
+      print(f"{task} {name} {phase} seed {seed}: FAILED: {error!r}", flush=True)
+      continue
+    append(args.jsonl, row)
+    ran += 1
+    shown = " ".join(f"{k}={v:g}" for k, v in config.items())
+    print(
+      f"{task} {name} {phase} seed {seed} {shown}: steps {row['steps_to_target']} "
+      f"(cap {row['cap_steps']}, {row['seconds_run']:.1f} s)",
+      flush=True,
+    )
+    if args.max_runs is not None and ran >= args.max_runs:
+      break
+  if waiting:
+    cells = ", ".join(dict.fromkeys(waiting))
+    print(f"eval waits for tune rows of: {cells}; rerun when they are in")
+  print(f"{ran} runs appended to {args.jsonl}")
+  if failed:
+    listed = ", ".join(failed)
+    print(f"{len(failed)} runs failed (no row; a rerun retries them): {listed}")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,273 @@
+"""Tests of ``experiments.leaderboard`` (a --quick run end to end: rows,
+resume, the tuned choice, disjoint seeds, usage errors) and of what it added
+to the tasks and the loop (label noise, the StableMax cross-entropy)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import grok, leaderboard, tasks, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+  "make_leaderboard", ROOT / "docs" / "make_leaderboard.py"
+)
+make_leaderboard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_leaderboard)
+
+
+@pytest.fixture(scope="module")
+def quick_rows(tmp_path_factory):
+  """One --quick fill (SGD only: 2 tune runs, 2 eval runs), then a rerun."""
+  path = tmp_path_factory.mktemp("lb") / "rows.jsonl"
+  leaderboard.main(["--quick", "--optimizers", "baseline", "--jsonl", str(path)])
+  first = path.read_text()
+  leaderboard.main(["--quick", "--optimizers", "baseline", "--jsonl", str(path)])
+  return path, first, leaderboard.read_rows(path)
+
+
+def test_quick_writes_every_row_once_and_resumes(quick_rows):
+  path, first, rows = quick_rows
+  assert path.read_text() == first  # the rerun trained nothing
+  assert len(rows) == 4
+  for row in rows:
+    for field in ("task", "optimizer", "phase", "seed", "config", "steps_to_target",
+                  "epochs_to_target", "seconds", "cap_steps", "machine", "date", "jax"):
+      assert field in row, field
+    assert row["task"] == "add97-mlp" and row["optimizer"] == "baseline"
+    assert row["cap_steps"] >= leaderboard.QUICK_CAP_STEPS
+    assert row["epochs_run"] == row["cap_epochs"] or row["steps_to_target"] is not None
+  tune = [r for r in rows if r["phase"] == "tune"]
+  evals = [r for r in rows if r["phase"] == "eval"]
+  assert {r["seed"] for r in tune} == set(leaderboard.QUICK_TUNE_SEEDS)
+  assert {r["seed"] for r in evals} == set(leaderboard.QUICK_EVAL_SEEDS)
+  assert not {r["seed"] for r in tune} & {r["seed"] for r in evals}
+  assert [r["config"] for r in tune] == leaderboard.grid("add97-mlp", "baseline", 2)
+
+
+def test_eval_runs_the_best_tune_config(quick_rows):
+  _, _, rows = quick_rows
+  tune = [r for r in rows if r["phase"] == "tune"]
+  best = min(
+    tune,
+    key=lambda r: (
+      r["steps_to_target"] if r["steps_to_target"] is not None else r["cap_steps"],
+      -r["best_test_acc"],
+    ),
+  )
+  assert {json.dumps(r["config"]) for r in rows if r["phase"] == "eval"} == {
+    json.dumps(best["config"])
+  }
+
+
+def test_choose_counts_unreached_as_cap_and_waits_for_rows():
+  def row(lr, seed, steps):
+    return dict(task="t", optimizer="o", phase="tune", seed=seed, config={"lr": lr},
+                steps_to_target=steps, cap_steps=100, best_test_acc=0.5)  # fmt: skip
+
+  configs = [{"lr": 1.0}, {"lr": 2.0}]
+  rows = [row(1.0, 0, 90), row(1.0, 1, 95), row(2.0, 0, 10), row(2.0, 1, None)]
+  # lr 2: median of (10, cap 100) = 55 beats lr 1's 92.5.
+  assert leaderboard.choose(rows, "t", "o", configs, (0, 1)) == {"lr": 2.0}
+  rows[2]["steps_to_target"] = None  # now (100, 100): lr 1 wins
+  assert leaderboard.choose(rows, "t", "o", configs, (0, 1)) == {"lr": 1.0}
+  assert leaderboard.choose(rows[:3], "t", "o", configs, (0, 1)) is None
+
+
+def test_claims_keep_two_fills_apart(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  assert leaderboard.claim(path, "k")
+  assert not leaderboard.claim(path, "k")  # ours, and we are alive
+  dead = {"key": "d", "pid": 2**22 + 12345, "host": leaderboard.socket.gethostname(),
+          "time": 0}  # fmt: skip
+  (tmp_path / "rows.jsonl.claims").open("a").write(json.dumps(dead) + "\n")
+  assert leaderboard.claim(path, "d")  # a dead process's claim is void
+  row = {"task": "t", "optimizer": "o", "phase": "tune", "seed": 0, "config": {},
+         "quick": False, "x": float("nan")}  # fmt: skip
+  leaderboard.append(path, row)
+  done = leaderboard.row_key(leaderboard.read_rows(path)[0])
+  assert not leaderboard.claim(path, done)
+  assert leaderboard.read_rows(path)[0]["x"] is None
+
+
+def test_every_optimizer_has_the_same_budget_and_valid_options():
+  for task in leaderboard.TASKS:
+    for name in leaderboard.ALL_OPTIMIZERS:
+      configs = leaderboard.grid(task, name)
+      assert len(configs) == leaderboard.TRIALS, (task, name)
+      assert len({json.dumps(c) for c in configs}) == leaderboard.TRIALS
+      args = leaderboard.resolved(task, name, configs[0], quick=False)
+      assert args.optimizers == [leaderboard.grok_optimizer(task, name)[0]]
+      key = next(iter(configs[0]))
+      assert getattr(args, key) == configs[0][key]
+  assert leaderboard.resolved("grokfast", "baseline", {}, False).max_epochs == 100
+  assert leaderboard.resolved("add97-mlp-bs32", "egd", {}, False).batch_size == 32
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--tasks", "nope"], "argument --tasks: unknown 'nope'; choose from add97-mlp"),
+    (["--optimizers", "sgdx"], "argument --optimizers: unknown 'sgdx'"),
+    (["--optimizers", "egd,egd"], "argument --optimizers: 'egd' given more than once"),
+    (["--tasks", ","], "argument --tasks: give at least one of"),
+    (["--phase", "train"], "argument --phase: invalid choice: 'train'"),
+    (["--max-runs", "0"], "argument --max-runs: must be an integer >= 1, got '0'"),
+    (["--jsonl", "/"], "argument --jsonl: / is not a file"),
+  ],
+)
+def test_option_errors(capsys, argv, message):
+  with pytest.raises(SystemExit) as info:
+    leaderboard.parse_args(argv)
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  assert err.rstrip().splitlines()[-1].startswith("python -m experiments.leaderboard")
+  assert message in err.rstrip().splitlines()[-1]
+
+
+def test_print_grid_states_the_budget(capsys):
+  argv = ["--print-grid", "--tasks", "grokfast", "--optimizers", "muon,baseline"]
+  leaderboard.main(argv)
+  out = capsys.readouterr().out
+  assert "4 configurations per optimizer" in out
+  assert "tuning seeds [100, 101]" in out and "evaluation seeds [0, 1, 2, 3, 4]" in out
+  assert "muon_lr=0.03 adam_weight_decay=0" in out
+  assert "adam_lr=0.001 adam_weight_decay=1" in out
+  assert "cap 1000 steps" in out
+
+
+def test_label_noise_replaces_that_share_of_training_labels_only():
+  key = jax.random.key(3)
+  clean = tasks.modular_arithmetic(key, "add", 11, 0.5)
+  noisy = tasks.modular_arithmetic(key, "add", 11, 0.5, label_noise=0.1)
+  np.testing.assert_array_equal(clean.x_train, noisy.x_train)
+  np.testing.assert_array_equal(clean.y_test, noisy.y_test)
+  wrong = int((clean.y_train != noisy.y_train).sum())
+  assert wrong == round(0.1 * clean.y_train.shape[0])
+  assert int(noisy.y_train.max()) < 11 and int(noisy.y_train.min()) >= 0
+  with pytest.raises(ValueError, match="label noise must be in"):
+    tasks.corrupt_labels(key, clean.y_train, 11, 1.5)
+  args = grok.resolve(grok.parse_args(["--p", "11", "--label-noise", "0.1"]))
+  data = grok.make_data(args, key)
+  assert int((data.y_train != clean.y_train).sum()) == wrong
+
+
+def test_label_noise_is_a_usage_error_off_the_modular_tasks(capsys):
+  with pytest.raises(SystemExit) as info:
+    grok.resolve(grok.parse_args(["--task", "parity", "--label-noise", "0.1"]))
+  assert info.value.code == 2
+  assert "--label-noise: --task parity does not use it" in capsys.readouterr().err
+
+
+def test_stablemax_cross_entropy():
+  logits = jnp.array([[2.0, -1.0, 0.0], [-3.0, -0.5, 1.5]])
+  labels = jnp.array([0, 2])
+  x = np.asarray(logits)
+  s = np.where(x >= 0, x + 1, 1 / (1 - x))
+  expected = -np.log(s[[0, 1], [0, 2]] / s.sum(-1))
+  got = train.stablemax_cross_entropy(logits, labels)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  loss, acc = train.loss_and_accuracy(logits, labels, 3, "stablemax_cross_entropy")
+  np.testing.assert_allclose(loss, expected.mean(), rtol=1e-6)
+  assert float(acc) == 1.0
+  grads = jax.grad(lambda x: train.stablemax_cross_entropy(x, labels).sum())(logits)
+  assert bool(jnp.all(jnp.isfinite(grads)))
+  # Not softmax's: a shift of every logit changes it.
+  assert not np.allclose(train.stablemax_cross_entropy(logits + 5, labels), got)
+
+
+@pytest.mark.full
+def test_two_processes_fill_one_file_without_repeats(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  argv = [sys.executable, "-m", "experiments.leaderboard", "--quick", "--phase", "tune",
+          "--optimizers", "baseline,egd", "--jsonl", str(path)]  # fmt: skip
+  procs = [subprocess.Popen(argv, cwd=ROOT) for _ in range(2)]
+  assert [p.wait(timeout=300) for p in procs] == [0, 0]
+  keys = [leaderboard.row_key(r) for r in leaderboard.read_rows(path)]
+  assert len(keys) == len(set(keys)) == 4
+
+
+def _synthetic_rows():
+  rows = []
+  base = dict(quick=False, cap_steps=1000, cap_epochs=100, best_test_acc=0.5,
+              machine=dict(cpu="cpu", cpus=2, backend="cpu", load_average=1.0),
+              date="2026-12-02T15:00:00+00:00", jax="0.10.2")  # fmt: skip
+  for name in ("muon", "grokfast-ema"):
+    configs = leaderboard.grid("grokfast", name)
+    for seed in leaderboard.TUNE_SEEDS:
+      for i, config in enumerate(configs):
+        steps = 100 * (i + 2) if name == "muon" else None
+        rows.append(base | dict(task="grokfast", optimizer=name, phase="tune",
+                                seed=seed, config=config, steps_to_target=steps,
+                                epochs_to_target=steps and steps // 10,
+                                seconds=steps and steps / 10))  # fmt: skip
+  chosen = leaderboard.grid("grokfast", "muon")[0]
+  eval_steps = (300, 200, None, 250, 400)
+  for seed, steps in zip(leaderboard.EVAL_SEEDS, eval_steps, strict=True):
+    rows.append(base | dict(task="grokfast", optimizer="muon", phase="eval", seed=seed,
+                            config=chosen, steps_to_target=steps,
+                            epochs_to_target=steps and steps // 10,
+                            seconds=steps and steps / 10))  # fmt: skip
+  return rows
+
+
+def test_page_generator_on_a_small_jsonl(tmp_path):
+  rows = _synthetic_rows()
+  path = tmp_path / "rows.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out, figures = tmp_path / "page.md", tmp_path / "figures"
+  make_leaderboard.main(
+    ["--jsonl", str(path), "--out", str(out), "--figures", str(figures)]
+  )
+  text = out.read_text()
+  # muon: 4 of 5 reached; median of (200, 250, 300, 400, > cap) is 300,
+  # quartiles 250 and 400.
+  muon = "| muon | muon_lr=0.03 adam_weight_decay=0 (edge) | 4/5 | 300 [250–400] "
+  assert muon in text
+  assert "| 30 [25–40] |" in text and "| done |" in text
+  # grokfast-ema never reached the target: tuned (first config), eval not run.
+  assert "evaluating: 0/5 seeds" in text
+  total = sum(len(t.optimizers) for t in leaderboard.TASKS.values())
+  assert f"**1 of {total} cells are done**" in text
+  assert f"{total - 2} are not run yet" in text
+  assert "790 iterations (MA) and 910 (EMA)" in text
+  assert "## parity-50-4\n\nEGD paper" in text and "Not run yet." in text
+  assert (figures / "leaderboard_grokfast.png").read_bytes()[:4] == b"\x89PNG"
+  assert not (figures / "leaderboard_add97-mlp.png").exists()
+
+
+def test_a_failed_run_writes_no_row_and_the_sweep_goes_on(
+  tmp_path, monkeypatch, capsys
+):
+  path = tmp_path / "rows.jsonl"
+  calls = []
+
+  def fake(task, name, phase, seed, config, quick):
+    calls.append((phase, seed, config))
+    if len(calls) == 1:
+      raise FloatingPointError("diverged")
+    return dict(task=task, optimizer=name, phase=phase, seed=seed, config=config,
+                quick=quick, steps_to_target=None, cap_steps=8, seconds_run=0.0,
+                best_test_acc=0.1)  # fmt: skip
+
+  monkeypatch.setattr(leaderboard, "train_row", fake)
+  with pytest.raises(SystemExit) as info:
+    leaderboard.main(["--quick", "--optimizers", "baseline", "--jsonl", str(path)])
+  assert info.value.code == 1
+  out = capsys.readouterr().out
+  assert "FAILED: FloatingPointError('diverged')" in out
+  assert "1 runs failed" in out
+  rows = leaderboard.read_rows(path)
+  # The second tune run went on; eval waited for the missing tune row.
+  assert [r["phase"] for r in rows] == ["tune"]
+  assert "eval waits for tune rows of: add97-mlp/baseline" in out
