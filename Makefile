@@ -80,7 +80,7 @@ FLOOR_PYTHON ?= python3.11
 FLOOR_VENV := .venv-floor
 FLOOR_TESTS := optax_egd tests/test_polar.py tests/test_transform.py \
   tests/test_baselines.py tests/test_spectrum.py tests/test_sharding.py \
-  tests/test_compat.py tests/test_floors.py \
+  tests/test_compat.py tests/test_floors.py tests/test_export.py \
   tests/test_experiments.py::test_resume_equals_uninterrupted
 
 $(FLOOR_VENV)/.installed: pyproject.toml ci/floor-constraints.txt
