@@ -306,16 +306,8 @@ def _count_qdwh(cost: Cost, batch: int, m: int, n: int, rtol: float) -> None:
   # weight c > 100, Cholesky-based after; then its Newton-Schulz refinement
   # and the library's filter.
   steps = polar_module._qdwh_steps(rtol)  # pylint: disable=protected-access
-  ell, qr_steps = rtol, 0
-  for _ in range(steps):
-    l2 = ell * ell
-    dd = (4 * (1 / l2 - 1) / l2) ** (1 / 3)
-    sqd = math.sqrt(1 + dd)
-    a = sqd + math.sqrt(2 - dd + 2 * (2 - l2) / (l2 * sqd))
-    b = (a - 1) ** 2 / 4
-    c = a + b - 1
-    ell = ell * (a + b * l2) / (1 + c * l2)
-    qr_steps += c > 100
+  weights = polar_module._qdwh_weights(rtol)  # pylint: disable=protected-access
+  qr_steps = sum(c > 100 for _, _, c in weights)
   cost.ew(batch * m * n, 1, 1, 3)  # norm estimate and scaling
   for i in range(steps):
     if i < qr_steps:

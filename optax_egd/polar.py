@@ -425,23 +425,29 @@ def _ns_coeffs(method: str, steps: int) -> tuple[tuple[float, float, float], ...
   return schedule[:steps] + (schedule[-1],) * max(0, steps - len(schedule))
 
 
-def _qdwh_steps(lower: float) -> int:
-  """Dynamically weighted steps QDWH schedules for the lower bound ``lower``.
+def _qdwh_weights(lower: float) -> list[tuple[float, float, float]]:
+  """The dynamically weighted (a, b, c) QDWH schedules for ``lower``.
 
   The same recurrence as ``jax.lax.linalg.qdwh``: after these steps every
   σ/α ≥ ``lower`` has converged to one (to ``5·lower``).
   """
-  ell, steps = lower, 0
-  while ell + 5 * lower < 1 and steps < 10:
-    steps += 1
+  ell = lower
+  weights: list[tuple[float, float, float]] = []
+  while ell + 5 * lower < 1 and len(weights) < 10:
     l2 = ell * ell
     dd = (4 * (1 / l2 - 1) / l2) ** (1 / 3)
     sqd = math.sqrt(1 + dd)
     a = sqd + math.sqrt(2 - dd + 2 * (2 - l2) / (l2 * sqd))
     b = (a - 1) ** 2 / 4
     c = a + b - 1
+    weights.append((a, b, c))
     ell = ell * (a + b * l2) / (1 + c * l2)
-  return max(steps, 1)
+  return weights
+
+
+def _qdwh_steps(lower: float) -> int:
+  """Dynamically weighted steps QDWH schedules for the lower bound ``lower``."""
+  return max(len(_qdwh_weights(lower)), 1)
 
 
 def _polar_qdwh(x: jax.Array, rtol: float) -> jax.Array:
