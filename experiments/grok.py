@@ -691,7 +691,7 @@ def run_config(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]
   """The options that make run (``name``, ``seed``): saved with its checkpoints,
   and what ``--resume`` must match (all but :data:`RESUMABLE_CHANGES`)."""
   config = {k: v for k, v in results_config(args).items() if k not in RESUMABLE_CHANGES}
-  return _json_safe(config | {"optimizer": name, "seed": seed})
+  return json_safe(config | {"optimizer": name, "seed": seed})
 
 
 def results_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -787,14 +787,14 @@ def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
   return record
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
   """``value`` with NaN and infinities (a diverged loss) replaced by None."""
   if isinstance(value, float) and not math.isfinite(value):
     return None
   if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
+    return {k: json_safe(v) for k, v in value.items()}
   if isinstance(value, list | tuple):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   return value
 
 
@@ -1005,13 +1005,13 @@ def main(argv: list[str] | None = None) -> None:
       records.sort(key=lambda r: (r["seed"], args.optimizers.index(r["optimizer"])))
       summary = summarize(records, args.optimizers)
       results = {"config": config, "summary": summary, "runs": records}
-      (args.out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
+      (args.out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
   for seed in seeds if not args.vectorize_seeds else []:
     for name in args.optimizers:
       records.append(run_record(name, seed, run_one(args, name, seed)))
       summary = summarize(records, args.optimizers)
       results = {"config": config, "summary": summary, "runs": records}
-      (args.out / "results.json").write_text(json.dumps(_json_safe(results), indent=1))
+      (args.out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
   title = plot_title(args)
   plot(records, args.optimizers, args.out / "curves.png", title, args.target_accuracy)
   written = ["results.json", "curves.png"]

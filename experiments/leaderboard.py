@@ -48,10 +48,8 @@ import dataclasses
 import datetime
 import fcntl
 import json
-import math
 import os
 import pathlib
-import platform
 import shlex
 import socket
 import statistics
@@ -59,7 +57,7 @@ import sys
 import time
 from typing import Any
 
-from experiments import _cli, _threads
+from experiments import _cli, _threads, grok
 
 DEFAULT_JSONL = pathlib.Path("experiments/results/leaderboard.jsonl")
 TUNE_SEEDS = (100, 101)
@@ -253,8 +251,6 @@ def _centre(task: str, grok_name: str) -> float:
   if grok_name in _CENTRE:
     return _CENTRE[grok_name][family]
   if family == "parity":  # the EGD paper's per-k learning rate
-    from experiments import grok
-
     return grok._PARITY[int(TASKS[task].argv[-1])]["lr"]  # type: ignore[return-value]
   return _SGD_LR[family]  # type: ignore[return-value]
 
@@ -400,7 +396,6 @@ def run_argv(task: str, name: str, config: dict[str, float], quick: bool) -> lis
 def resolved(task: str, name: str, config: dict[str, float], quick: bool) -> Any:
   """The resolved :mod:`experiments.grok` namespace of a run, with its cap set
   (``max_epochs`` covering the task's cap steps)."""
-  from experiments import grok
   from experiments.train import steps_per_epoch
 
   argv = run_argv(task, name, config, quick)
@@ -479,32 +474,14 @@ def claim(path: pathlib.Path, key: str) -> bool:
 def append(path: pathlib.Path, row: dict[str, Any]) -> None:
   """Append ``row`` as one line, under the lock."""
   with locked(path), open(path, "a") as f:
-    f.write(json.dumps(_finite(row)) + "\n")
-
-
-def _finite(value: Any) -> Any:
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _finite(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [_finite(v) for v in value]
-  return value
-
-
-def cpu_model() -> str:
-  """The CPU's model name from ``/proc/cpuinfo``, else the platform's."""
-  cpuinfo = pathlib.Path("/proc/cpuinfo")
-  if cpuinfo.exists():
-    for line in cpuinfo.read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return platform.processor() or platform.machine()
+    f.write(json.dumps(grok.json_safe(row)) + "\n")
 
 
 def machine() -> dict[str, Any]:
   """Where a row was measured."""
   import jax
+
+  from experiments.paper_table import cpu_model
 
   return {
     "cpu": cpu_model(),
@@ -521,7 +498,6 @@ def train_row(
   """Train one run and return its row."""
   import jax
 
-  from experiments import grok
 
   args = resolved(task, name, config, quick)
   result = grok.run_one(args, args.optimizers[0], seed)
