@@ -765,7 +765,7 @@ def test_masked_state_structure(case: Case) -> None:
   """MaskedTest.test_masked_state_structure (optax issue 271).
 
   optax checks sgd's momentum ``trace``; here the per-leaf state of each
-  transform (grokfast's ``ema``/``buffer``); the others keep none.
+  transform (grokfast's ``ema``, ``buffer`` and ``kept_sum``); the others keep none.
   """
   params = {"a": [jnp.ones(1), (jnp.ones(2), _mat(0.0))],
             "b": {"c": jnp.ones(4), "d": jnp.ones(5)}}
@@ -777,8 +777,10 @@ def test_masked_state_structure(case: Case) -> None:
   if case.factory in (optax_egd.grokfast_ema, optax_egd.grokfast_ma):
     expected = {"a": [jnp.zeros(1), (jnp.zeros(2), masked_node)],
                 "b": masked_node}
-    assert len(per_leaf) == 1
-    chex.assert_trees_all_equal_structs(per_leaf[0], expected)
+    # ema: the average; ma: the ring buffer and its running sum.
+    assert len(per_leaf) == (1 if case.factory is optax_egd.grokfast_ema else 2)
+    for tree in per_leaf:
+      chex.assert_trees_all_equal_structs(tree, expected)
   else:
     assert per_leaf == [], "a transform with per-leaf state: check it here"
 
