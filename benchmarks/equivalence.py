@@ -8,16 +8,23 @@ transformer (``--preset grokfast``), each with its EGD optimizer, once with
 ``--polar-method svd`` and once with ``--polar-method polar_express_exact``
 forced on this CPU, over the same seeds (same data split, initialization and
 shuffles per seed), and reports epochs (steps for the transformer) to the
-target: the median per method and their ratio per task.
+target: the median per method and their ratio per task, with what the seeds
+are paired for (same split, initialization and shuffles): on how many seeds
+``polar_express_exact`` was slower, and a 95% bootstrap interval of the
+ratio of medians (seeds resampled in pairs, 2000 resamples, fixed RNG).
+Where one seed's epochs swing 10x (sparse parity) three seeds cannot tell a
+1.3x ratio from chance; run those tasks with more seeds (below).
 
 Each (task, method) is one ``python -m experiments.grok`` run with
 ``--seeds N`` in ``OUT/runs/<task>-<method>``; a run whose ``results.json``
 exists is not run again, so an interrupted sweep resumes. ``--summarize``
 only reads the runs.
 
-Example (the committed reference; about 40 minutes on 2 cores)::
+Examples (the committed references; about 40 and 60 minutes on 2 cores)::
 
   python -m benchmarks.equivalence --out benchmarks/results/equivalence
+  python -m benchmarks.equivalence --tasks parity-400-2,parity-100-3,parity-50-4 \
+      --seeds 30 --out benchmarks/results/equivalence_parity_30_seeds
 
 ``--quick``: two cheap tasks, one seed.
 """
@@ -25,11 +32,14 @@ Example (the committed reference; about 40 minutes on 2 cores)::
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import statistics
 import subprocess
 import sys
 from typing import Any
+
+import numpy as np
 
 from benchmarks import _common
 from experiments import _cli
@@ -98,8 +108,38 @@ def summarize(out: pathlib.Path, tasks: list[str]) -> list[dict[str, Any]]:
     medians = [row.get(m, {}).get("median") for m in METHODS]
     if None not in medians:
       row["ratio"] = medians[1] / medians[0]
+      row.update(paired(row, key))
     rows.append(row)
   return rows
+
+
+def paired(row: dict[str, Any], key: str, resamples: int = 2000
+           ) -> dict[str, Any]:
+  """Per-seed comparison of the two methods (the same seeds are paired).
+
+  ``slower``/``faster``: seeds where ``polar_express_exact`` took more/fewer
+  epochs (a seed it did not reach counts as slower; one neither reached is
+  left out); ``ratio_ci``: 95% bootstrap interval of the ratio of medians over
+  resampled seed pairs (pairs where both reached).
+  """
+  base, new = (dict(zip(row[m]["seeds"], row[m][key], strict=True))
+               for m in METHODS)
+  seeds = [s for s in base if s in new
+           and (base[s] is not None or new[s] is not None)]
+  inf = math.inf
+  slower = sum((new[s] or inf) > (base[s] or inf) for s in seeds)
+  faster = sum((new[s] or inf) < (base[s] or inf) for s in seeds)
+  both = np.array([(base[s], new[s]) for s in seeds
+                   if base[s] is not None and new[s] is not None], float)
+  out: dict[str, Any] = {"paired_seeds": len(seeds), "slower": slower,
+                         "faster": faster}
+  if len(both) >= 2:
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(both), size=(resamples, len(both)))
+    ratios = (np.median(both[pick, 1], axis=1)
+              / np.median(both[pick, 0], axis=1))
+    out["ratio_ci"] = [float(v) for v in np.quantile(ratios, [0.025, 0.975])]
+  return out
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -107,10 +147,16 @@ def table(rows: list[dict[str, Any]]) -> str:
   for r in rows:
     cells = {"task": r["task"], "optimizer": r["optimizer"], "unit": r["unit"],
              "ratio": r.get("ratio")}
+    if "ratio_ci" in r:
+      cells["ci"] = "[{:.2f}, {:.2f}]".format(*r["ratio_ci"])
+    if "slower" in r:
+      cells["pairs"] = f"{r['slower']}/{r['faster']}/{r['paired_seeds']}"
     for m in METHODS:
       if m in r:
         values = [v for v in r[m][next(k for k in r[m] if k.endswith("_target"))]]
-        cells[m] = (f"{r[m]['median']} {values} ({r[m]['reached']})"
+        shown = values if len(values) <= 10 else [*values[:10], "..."]
+        shown_text = str(shown).replace("'...'", "...")
+        cells[m] = (f"{r[m]['median']} {shown_text} ({r[m]['reached']})"
                     if r[m]["median"] is not None else f"- ({r[m]['reached']})")
     flat.append(cells)
   return _common.markdown_table(flat, [
@@ -119,7 +165,8 @@ def table(rows: list[dict[str, Any]]) -> str:
       ("svd", "svd: median [per seed] (reached)", "s"),
       ("polar_express_exact", "polar_express_exact: median [per seed] (reached)",
        "s"),
-      ("ratio", "ratio pee/svd", ".2f")])
+      ("ratio", "ratio pee/svd", ".2f"), ("ci", "95% CI", "s"),
+      ("pairs", "seeds slower/faster/paired", "s")])
 
 
 def main(argv: list[str] | None = None) -> int:

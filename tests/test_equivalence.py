@@ -82,3 +82,21 @@ def test_polar_method_reaches_every_egd_optimizer(name):
   diff = np.abs(np.asarray(results["svd"]["hidden"]["kernel"])
                 - np.asarray(results["newton_schulz"]["hidden"]["kernel"]))
   assert diff.max() > 1e-4
+
+
+def test_paired_counts_and_bootstrap_interval(tmp_path):
+  _fake_run(tmp_path, "parity-100-3", "svd", [10, 20, 30, None, 40],
+            [1, 2, 3, None, 4])
+  _fake_run(tmp_path, "parity-100-3", "polar_express_exact",
+            [12, 18, None, None, 40], [1, 2, None, None, 4])
+  (row,) = equivalence.summarize(tmp_path, ["parity-100-3"])
+  # Seed 3 reached by neither is left out; seed 2 unreached by pee is slower.
+  assert (row["paired_seeds"], row["slower"], row["faster"]) == (4, 2, 1)
+  low, high = row["ratio_ci"]
+  # Pairs (10, 12), (20, 18), (40, 40): their ratio of medians is 18/20, and
+  # every resample's lies between 12/40 and 40/10.
+  assert 12 / 40 <= low <= 18 / 20 <= high <= 40 / 10 and low < high
+  again = equivalence.summarize(tmp_path, ["parity-100-3"])[0]["ratio_ci"]
+  assert again == row["ratio_ci"]  # a fixed RNG: the same interval
+  text = equivalence.table([row])
+  assert "2/1/4" in text and f"[{low:.2f}, {high:.2f}]" in text
