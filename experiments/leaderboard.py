@@ -34,7 +34,7 @@ The per-task options and optimizer grids are in :data:`TASKS` and
 :func:`grid`:
 
 >>> [c["lr"] for c in grid("add97-mlp", "sgd")]
-[0.175, 0.35, 0.7, 1.4]
+[0.175, 0.35, 0.7, 1.4, 2.8, 5.6]
 >>> grid("grokfast", "muon")[0]
 {'muon_lr': 0.03, 'adam_weight_decay': 0.0}
 """
@@ -64,10 +64,12 @@ TUNE_SEEDS = (100, 101)
 EVAL_SEEDS = (0, 1, 2, 3, 4)
 QUICK_TUNE_SEEDS = (100,)
 QUICK_EVAL_SEEDS = (0, 1)
-TRIALS = 4  # configurations per optimizer and task
+TRIALS = 6  # configurations per optimizer and task
 QUICK_TRIALS = 2
-LR_FACTORS = (0.25, 0.5, 1.0, 2.0)  # times the task's learning rate, lr-only grids
-WD_LR_FACTORS = (0.5, 1.0)  # with two weight decays: 2 × 2 = TRIALS
+# Times the task's learning rate, lr-only grids. (With 0.25-2, every tuned
+# optimizer on add97-mlp chose the grid's largest learning rate.)
+LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+WD_LR_FACTORS = (0.5, 1.0, 2.0)  # with two weight decays: 3 × 2 = TRIALS
 
 
 @dataclasses.dataclass(frozen=True)
