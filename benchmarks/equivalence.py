@@ -15,6 +15,11 @@ ratio of medians (seeds resampled in pairs, 2000 resamples, fixed RNG).
 Where one seed's epochs swing 10x (sparse parity) three seeds cannot tell a
 1.3x ratio from chance; run those tasks with more seeds (below).
 
+``--against qdwh`` (or another method) compares that method with the SVD
+instead: two exact methods differ by float rounding only, so their spread is
+how far rounding alone moves epochs to target on a task (results
+``equivalence_qdwh.json``/``.md``).
+
 Each (task, method) is one ``python -m experiments.grok`` run with
 ``--seeds N`` in ``OUT/runs/<task>-<method>``; a run whose ``results.json``
 exists is not run again, so an interrupted sweep resumes. ``--summarize``
@@ -25,6 +30,8 @@ Examples (the committed references; about 40 and 60 minutes on 2 cores)::
   python -m benchmarks.equivalence --out benchmarks/results/equivalence
   python -m benchmarks.equivalence --tasks parity-400-2,parity-100-3,parity-50-4 \
       --seeds 30 --out benchmarks/results/equivalence_parity_30_seeds
+  python -m benchmarks.equivalence --tasks parity-400-2,parity-100-3,parity-50-4 \
+      --seeds 30 --against qdwh --out benchmarks/results/equivalence_parity_30_seeds
 
 ``--quick``: two cheap tasks, one seed.
 """
@@ -42,9 +49,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common
-from experiments import _cli
+from experiments import _cli, optimizer_names
 
-METHODS = ("svd", "polar_express_exact")
+REFERENCE = "svd"
+DEFAULT_AGAINST = "polar_express_exact"  # what ``auto`` picks on GPU and TPU
 # Task id → (experiments.grok options, the EGD optimizer its table uses, unit).
 # Modular tasks: EGD on every matrix (9-16 epochs in the paper table); parity:
 # the official scripts' first-layer EGD, and EGD of a momentum buffer where
@@ -87,14 +95,18 @@ def _runs(path: pathlib.Path) -> list[dict[str, Any]] | None:
   return json.loads(results.read_text())["runs"]
 
 
-def summarize(out: pathlib.Path, tasks: list[str]) -> list[dict[str, Any]]:
-  """One row per task: each method's median epochs/steps and their ratio."""
+def summarize(out: pathlib.Path, tasks: list[str],
+              against: str = DEFAULT_AGAINST) -> list[dict[str, Any]]:
+  """One row per task: each method's median epochs/steps and their ratio
+  (``against`` over the SVD)."""
+  methods = (REFERENCE, against)
   rows = []
   for task in tasks:
     _, optimizer, unit = TASKS[task]
     key = "steps_to_target" if unit == "steps" else "epochs_to_target"
-    row: dict[str, Any] = {"task": task, "optimizer": optimizer, "unit": unit}
-    for method in METHODS:
+    row: dict[str, Any] = {"task": task, "optimizer": optimizer, "unit": unit,
+                           "against": against}
+    for method in methods:
       runs = _runs(run_dir(out, task, method))
       if runs is None:
         continue
@@ -105,7 +117,7 @@ def summarize(out: pathlib.Path, tasks: list[str]) -> list[dict[str, Any]]:
           "reached": f"{len(reached)}/{len(values)}",
           "median": statistics.median(reached) if reached else None,
           "seconds": [r.get("seconds_to_target") for r in runs]}
-    medians = [row.get(m, {}).get("median") for m in METHODS]
+    medians = [row.get(m, {}).get("median") for m in methods]
     if None not in medians:
       row["ratio"] = medians[1] / medians[0]
       row.update(paired(row, key))
@@ -117,13 +129,13 @@ def paired(row: dict[str, Any], key: str, resamples: int = 2000
            ) -> dict[str, Any]:
   """Per-seed comparison of the two methods (the same seeds are paired).
 
-  ``slower``/``faster``: seeds where ``polar_express_exact`` took more/fewer
+  ``slower``/``faster``: seeds where ``row["against"]`` took more/fewer
   epochs (a seed it did not reach counts as slower; one neither reached is
   left out); ``ratio_ci``: 95% bootstrap interval of the ratio of medians over
   resampled seed pairs (pairs where both reached).
   """
   base, new = (dict(zip(row[m]["seeds"], row[m][key], strict=True))
-               for m in METHODS)
+               for m in (REFERENCE, row["against"]))
   seeds = [s for s in base if s in new
            and (base[s] is not None or new[s] is not None)]
   inf = math.inf
@@ -143,6 +155,8 @@ def paired(row: dict[str, Any], key: str, resamples: int = 2000
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+  against = rows[0]["against"] if rows else DEFAULT_AGAINST
+  short = "pee" if against == DEFAULT_AGAINST else against
   flat = []
   for r in rows:
     cells = {"task": r["task"], "optimizer": r["optimizer"], "unit": r["unit"],
@@ -151,7 +165,7 @@ def table(rows: list[dict[str, Any]]) -> str:
       cells["ci"] = "[{:.2f}, {:.2f}]".format(*r["ratio_ci"])
     if "slower" in r:
       cells["pairs"] = f"{r['slower']}/{r['faster']}/{r['paired_seeds']}"
-    for m in METHODS:
+    for m in (REFERENCE, against):
       if m in r:
         values = [v for v in r[m][next(k for k in r[m] if k.endswith("_target"))]]
         shown = values if len(values) <= 10 else [*values[:10], "..."]
@@ -163,9 +177,8 @@ def table(rows: list[dict[str, Any]]) -> str:
       ("task", "task", "s"), ("optimizer", "EGD optimizer", "s"),
       ("unit", "to target in", "s"),
       ("svd", "svd: median [per seed] (reached)", "s"),
-      ("polar_express_exact", "polar_express_exact: median [per seed] (reached)",
-       "s"),
-      ("ratio", "ratio pee/svd", ".2f"), ("ci", "95% CI", "s"),
+      (against, f"{against}: median [per seed] (reached)", "s"),
+      ("ratio", f"ratio {short}/svd", ".2f"), ("ci", "95% CI", "s"),
       ("pairs", "seeds slower/faster/paired", "s")])
 
 
@@ -178,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                  help="cap per run (default 3000)")
   p.add_argument("--quick", action="store_true",
                  help=f"{', '.join(QUICK)}, 1 seed, 300 epochs")
+  p.add_argument("--against", default=DEFAULT_AGAINST,
+                 choices=[m for m in optimizer_names.POLAR_METHODS
+                          if m not in ("auto", REFERENCE)],
+                 help="the method compared with the SVD (default "
+                 f"{DEFAULT_AGAINST}, the accelerators' default; another exact "
+                 "method, such as qdwh, measures how far two exact methods "
+                 "differ by rounding alone)")
   p.add_argument("--summarize", action="store_true",
                  help="only read the runs already in --out")
   args = p.parse_args(argv)
@@ -189,22 +209,25 @@ def main(argv: list[str] | None = None) -> int:
     p.error(problem)
   out = _common.out_dir(args.out, "equivalence")
   info = _common.machine_info()
-  _common.print_header("polar_express_exact against svd, epochs to target", info)
+  methods = (REFERENCE, args.against)
+  _common.print_header(f"{args.against} against svd, epochs to target", info)
   commands = {}
   for task in tasks:
-    for method in METHODS:
+    for method in methods:
       cmd = command(task, method, args.seeds, args.max_epochs, out)
       commands[f"{task}/{method}"] = " ".join(["python", *cmd[1:]])
       if args.summarize or _runs(run_dir(out, task, method)) is not None:
         continue
       print("$", commands[f"{task}/{method}"], flush=True)
       subprocess.run(cmd, check=True)
-  rows = summarize(out, tasks)
+  rows = summarize(out, tasks, args.against)
   text = table(rows)
   print(text)
-  stem = _common.result_stem("equivalence", args.quick)
+  name = "equivalence" + ("" if args.against == DEFAULT_AGAINST
+                           else f"_{args.against}")
+  stem = _common.result_stem(name, args.quick)
   config = {"tasks": tasks, "seeds": args.seeds, "max_epochs": args.max_epochs,
-            "commands": commands}
+            "against": args.against, "commands": commands}
   _common.write_json(out / f"{stem}.json", info, config, rows)
   (out / f"{stem}.md").write_text(text + "\n")
   print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")

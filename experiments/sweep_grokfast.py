@@ -40,6 +40,7 @@ import optax
 from experiments import _threads, models, tasks
 from experiments.train import TrainConfig, make_epoch_fn, steps_per_epoch
 import optax_egd
+from optax_egd import baselines
 
 WARMUP_STEPS = 10
 TARGET = 0.95
@@ -99,6 +100,18 @@ def _adam_egd(weight_decay: float) -> Factory:
   return make
 
 
+def _grokfast_egdm(alpha: float, lamb: float, **fixed: Any) -> Factory:
+  """Grokfast's EMA filter on the gradients, then ``egdm``: the slow component
+  is amplified before the momentum buffer is orthogonalized."""
+
+  def make(learning_rate: Any) -> optax.GradientTransformation:
+    return optax.chain(
+      baselines.grokfast_ema(alpha, lamb), optax_egd.egdm(learning_rate, **fixed)
+    )
+
+  return make
+
+
 def _muon(**fixed: Any) -> Factory:
   def make(learning_rate: Any) -> optax.GradientTransformation:
     return optax.contrib.muon(learning_rate, **fixed)
@@ -137,6 +150,24 @@ CONFIGS: dict[str, tuple[str, Factory]] = {
   "egdm-rtol0.02-wd0.3": (
     "optax_egd.egdm(lr, weight_decay=0.3, rtol=0.02)",
     _egdm(weight_decay=0.3, rtol=0.02),
+  ),
+  "egdm-pee": (
+    "optax_egd.egdm(lr, method='polar_express_exact') (the GPU/TPU default)",
+    _egdm(method="polar_express_exact"),
+  ),
+  "egdm-m0.9": ("optax_egd.egdm(lr, momentum=0.9)", _egdm(momentum=0.9)),
+  "egdm-kernels": (
+    "optax_egd.egdm(lr, dimension_numbers=models.matrix_dimension_numbers): EGD on "
+    "every kernel (the 3-D attention ones too), embeddings to AdamW at lr",
+    _egdm(dimension_numbers=models.matrix_dimension_numbers),
+  ),
+  "egdm-adam1e-3": (
+    "optax_egd.egdm(lr, adam_learning_rate=1e-3): AdamW at 1e-3 off the matrices",
+    _egdm(adam_learning_rate=1e-3),
+  ),
+  "grokfast-egdm": (
+    "chain(grokfast_ema(0.98, 2.0), optax_egd.egdm(lr)): Grokfast's filter first",
+    _grokfast_egdm(0.98, 2.0),
   ),
   "naive-wd1": ("chain(egd(), adamw(lr, 0.9, 0.98, weight_decay=1.0))", _naive(1.0)),
   "naive-wd0": ("chain(egd(), adamw(lr, 0.9, 0.98, weight_decay=0))", _naive(0.0)),

@@ -100,3 +100,25 @@ def test_paired_counts_and_bootstrap_interval(tmp_path):
   assert again == row["ratio_ci"]  # a fixed RNG: the same interval
   text = equivalence.table([row])
   assert "2/1/4" in text and f"[{low:.2f}, {high:.2f}]" in text
+
+
+def test_against_another_method_pairs_it_with_the_svd(tmp_path):
+  _fake_run(tmp_path, "parity-50-4", "svd", [20, 301, 17], [1, 2, 3])
+  _fake_run(tmp_path, "parity-50-4", "qdwh", [20, 53, None], [1, 2, None])
+  _fake_run(tmp_path, "parity-50-4", "polar_express_exact", [9, 9, 9], [1, 1, 1])
+  (row,) = equivalence.summarize(tmp_path, ["parity-50-4"], against="qdwh")
+  assert row["against"] == "qdwh" and "polar_express_exact" not in row
+  assert row["qdwh"]["reached"] == "2/3" and row["ratio"] == pytest.approx(36.5 / 20)
+  assert (row["slower"], row["faster"], row["paired_seeds"]) == (1, 1, 3)
+  text = equivalence.table([row])
+  assert "qdwh: median" in text and "ratio qdwh/svd" in text
+  assert "polar_express_exact" not in text
+
+
+@pytest.mark.parametrize("method", ["svd", "auto", "nope"])
+def test_against_must_be_another_method(method):
+  done = subprocess.run([sys.executable, "-m", "benchmarks.equivalence",
+                         "--against", method, "--summarize"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2
+  assert "--against" in done.stderr and "Traceback" not in done.stderr
