@@ -100,6 +100,19 @@ def _adam_egd(weight_decay: float) -> Factory:
   return make
 
 
+def _decayed(factory: Factory, steps: int, final: float) -> Factory:
+  """``factory``'s updates times a factor falling linearly from 1 to ``final``
+  over ``steps`` steps (a decaying learning rate for updates linear in it)."""
+
+  def make(learning_rate: Any) -> optax.GradientTransformation:
+    return optax.chain(
+      factory(learning_rate),
+      optax.scale_by_schedule(optax.schedules.linear_schedule(1.0, final, steps)),
+    )
+
+  return make
+
+
 def _grokfast_egdm(alpha: float, lamb: float, **fixed: Any) -> Factory:
   """Grokfast's EMA filter on the gradients, then ``egdm``: the slow component
   is amplified before the momentum buffer is orthogonalized."""
@@ -156,6 +169,15 @@ CONFIGS: dict[str, tuple[str, Factory]] = {
     _egdm(method="polar_express_exact"),
   ),
   "egdm-m0.9": ("optax_egd.egdm(lr, momentum=0.9)", _egdm(momentum=0.9)),
+  "egdm-decay": (
+    "optax_egd.egdm(lr) with the lr falling linearly to lr/10 over 1,000 steps",
+    _decayed(_egdm(), 1000, 0.1),
+  ),
+  "egdm-m0.9-decay": (
+    "optax_egd.egdm(lr, momentum=0.9), the lr falling linearly to lr/10 over "
+    "1,000 steps",
+    _decayed(_egdm(momentum=0.9), 1000, 0.1),
+  ),
   "egdm-kernels": (
     "optax_egd.egdm(lr, dimension_numbers=models.matrix_dimension_numbers): EGD on "
     "every kernel (the 3-D attention ones too), embeddings to AdamW at lr",

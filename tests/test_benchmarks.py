@@ -113,8 +113,8 @@ def test_parse_shape(text: str, shape: tuple[int, ...]) -> None:
 
 
 def _digests(folder: pathlib.Path) -> dict[str, str]:
-  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(folder.iterdir())}
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_default_out_leaves_the_references_alone(

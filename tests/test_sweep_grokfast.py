@@ -95,3 +95,11 @@ def test_grokfast_egdm_filters_before_egdm(params, egdm):
   expected, _ = _two_updates(jitted, params, (g1, g2))
   assert np.max(np.abs(_leaves(expected) - _leaves(reference))) > 1e-4
   np.testing.assert_allclose(_leaves(update), _leaves(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_egdm_decay_scales_egdm_linearly(params, egdm):
+  """``egdm-decay``: egdm's update times 1 - 0.9·t/1000 at step t."""
+  update, _ = _two_updates(_jitted("egdm-decay"), params)
+  np.testing.assert_allclose(
+    _leaves(update), _leaves(egdm[1]) * (1 - 0.9 / 1000), rtol=1e-6, atol=1e-9
+  )
