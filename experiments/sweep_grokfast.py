@@ -137,6 +137,7 @@ CONFIGS: dict[str, tuple[str, Factory]] = {
   "muon": ("optax.contrib.muon(lr) (defaults: no weight decay, 2-D leaves)", _muon()),
   "muon-wd0.1": ("optax.contrib.muon(lr, weight_decay=0.1)", _muon(weight_decay=0.1)),
   "muon-wd0.3": ("optax.contrib.muon(lr, weight_decay=0.3)", _muon(weight_decay=0.3)),
+  "muon-m0.9": ("optax.contrib.muon(lr, beta=0.9)", _muon(beta=0.9)),
   "egdm": ("optax_egd.egdm(lr) (defaults: no weight decay, 2-D leaves)", _egdm()),
   "egdm-wd0.1": ("optax_egd.egdm(lr, weight_decay=0.1)", _egdm(weight_decay=0.1)),
   "egdm-wd0.3": ("optax_egd.egdm(lr, weight_decay=0.3)", _egdm(weight_decay=0.3)),

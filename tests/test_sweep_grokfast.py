@@ -8,6 +8,7 @@ from __future__ import annotations
 from flax import nnx
 import jax
 import numpy as np
+import optax
 import pytest
 
 from experiments import models, sweep_grokfast
@@ -103,3 +104,14 @@ def test_egdm_decay_scales_egdm_linearly(params, egdm):
   np.testing.assert_allclose(
     _leaves(update), _leaves(egdm[1]) * (1 - 0.9 / 1000), rtol=1e-6, atol=1e-9
   )
+
+
+def test_muon_momentum_variant_is_muon_with_beta_09(params):
+  """muon-m0.9 is optax.contrib.muon(lr, beta=0.9), not the default 0.95."""
+  update, _ = _two_updates(_jitted("muon-m0.9"), params)
+  default, _ = _two_updates(_jitted("muon"), params)
+  tx = sweep_grokfast.warmed_up(
+    lambda learning_rate: optax.contrib.muon(learning_rate, beta=0.9), 0.05)
+  expected, _ = _two_updates((tx, jax.jit(tx.update)), params)
+  np.testing.assert_allclose(_leaves(update), _leaves(expected), atol=1e-6)
+  assert np.max(np.abs(_leaves(update) - _leaves(default))) > 1e-4
