@@ -168,7 +168,7 @@ def test_preset_resolves_to_grokfasts_setup():
     1e-3,
     0.95,
   )
-  assert (args.lr, args.momentum, args.weight_decay) == (0.06, 0.9, 0.0)  # egdm's
+  assert (args.lr, args.momentum, args.weight_decay) == (0.03, 0.9, 0.1)  # egdm's
   config = grok.train_config(args)
   assert not config.drop_last
   data = grok.make_data(args, jax.random.key(0))

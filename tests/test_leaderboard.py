@@ -246,6 +246,38 @@ def test_page_generator_on_a_small_jsonl(tmp_path):
   assert not (figures / "leaderboard_add97-mlp.png").exists()
 
 
+def test_summary_ranks_done_cells_and_sets_egdm_against_muon():
+  rows = _synthetic_rows()
+  base = {k: rows[0][k] for k in ("quick", "cap_steps", "cap_epochs", "best_test_acc",
+                                  "machine", "date", "jax")}  # fmt: skip
+  for i, config in enumerate(leaderboard.grid("grokfast", "egdm")):
+    for seed in leaderboard.TUNE_SEEDS:
+      rows.append(base | dict(task="grokfast", optimizer="egdm", phase="tune",
+                              seed=seed, config=config, steps_to_target=150 + i,
+                              epochs_to_target=15, seconds=1.0))  # fmt: skip
+  chosen = leaderboard.grid("grokfast", "egdm")[0]
+  eval_steps = (180, 220, 210, None, 190)
+  for seed, steps in zip(leaderboard.EVAL_SEEDS, eval_steps, strict=True):
+    rows.append(base | dict(task="grokfast", optimizer="egdm", phase="eval", seed=seed,
+                            config=chosen, steps_to_target=steps,
+                            epochs_to_target=steps and steps // 10,
+                            seconds=steps and steps / 10))  # fmt: skip
+  table = make_leaderboard.ranking(rows)
+  # egdm: median of (180, 190, 210, 220, > cap) is 210; muon 300 (see above).
+  assert table[2:] == [
+    "| grokfast | 2 | egdm 210, muon 300 | egdm 210 | muon 300 | 210 vs 300 |"
+  ]
+  # One done cell is no ranking.
+  assert make_leaderboard.ranking(_synthetic_rows())[2:] == []
+  # A cell whose median seed missed the target is not ranked.
+  for row in rows:
+    if row["optimizer"] == "egdm" and row["phase"] == "eval":
+      row["steps_to_target"] = None
+  assert make_leaderboard.ranking(rows)[2:] == [
+    "| grokfast | 2 | muon 300 | – | muon 300 | > 1000 vs 300 |"
+  ]
+
+
 def test_a_failed_run_writes_no_row_and_the_sweep_goes_on(
   tmp_path, monkeypatch, capsys
 ):
@@ -271,3 +303,35 @@ def test_a_failed_run_writes_no_row_and_the_sweep_goes_on(
   # The second tune run went on; eval waited for the missing tune row.
   assert [r["phase"] for r in rows] == ["tune"]
   assert "eval waits for tune rows of: add97-mlp/baseline" in out
+
+
+def test_readme_results_are_the_committed_leaderboard_rows():
+  """The README's "Results at a glance" table is regenerated from the committed
+  JSONL: a claim there about which optimizer groks sooner rests on its rows."""
+  rows = leaderboard.read_rows(ROOT / leaderboard.DEFAULT_JSONL)
+  table = "\n".join(make_leaderboard.headline(rows))
+  assert table in (ROOT / "README.md").read_text()
+
+
+def test_page_generator_rewrites_only_the_readme_block(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in _synthetic_rows()))
+  readme = tmp_path / "README.md"
+  readme.write_text(
+    f"intro\n{make_leaderboard.README_START}\nold table\n"
+    f"{make_leaderboard.README_END}\noutro\n"
+  )
+  argv = ["--jsonl", str(path), "--out", str(tmp_path / "page.md"),
+          "--figures", str(tmp_path / "figures"), "--readme", str(readme)]  # fmt: skip
+  make_leaderboard.main(argv)
+  text = readme.read_text()
+  assert "old table" not in text
+  assert text.startswith(f"intro\n{make_leaderboard.README_START}\n| task | baseline")
+  assert text.endswith(f"{make_leaderboard.README_END}\noutro\n")
+  # muon is the only done cell: 300 median steps, 4 of 5 seeds.
+  assert "| grokfast (adamw) | – | – | – | – | 300 (4/5) | – |" in text
+  readme.write_text("no markers\n")
+  with pytest.raises(SystemExit) as info:
+    make_leaderboard.main(argv)
+  assert info.value.code == 2
+
