@@ -100,6 +100,18 @@ def cells(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
   return out
 
 
+def tables(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+  """:func:`cells` of every task, ``--quick`` rows left out: computed once per
+  page, shared by its sections, summary and the README table."""
+  rows = [r for r in rows if not r.get("quick")]
+  return {task: cells(rows, task) for task in leaderboard.TASKS}
+
+
+def _reached(cell: dict[str, Any]) -> int:
+  """How many evaluation seeds reached the target within the cap."""
+  return sum(r["steps_to_target"] is not None for r in cell["evals"])
+
+
 def _steps(rows: list[dict[str, Any]], kind: str) -> list[float]:
   return [
     r[f"{kind}_to_target" if kind != "seconds" else "seconds"]
@@ -207,11 +219,11 @@ def _median_steps(cell: dict[str, Any]) -> float:
 
 def _rank_key(cell: dict[str, Any]) -> tuple[float, float]:
   """Median steps, then the share of evaluation seeds that missed."""
-  missed = sum(r["steps_to_target"] is None for r in cell["evals"])
+  missed = len(cell["evals"]) - _reached(cell)
   return (_median_steps(cell), missed / len(cell["evals"]))
 
 
-def ranking(rows: list[dict[str, Any]]) -> list[str]:
+def ranking(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:
   """The summary table: per task with two or more done cells, its fastest
   optimizers by median steps to target over the evaluation seeds (a seed that
   missed counts as the cap; ties broken by the share of seeds that reached
@@ -223,8 +235,8 @@ def ranking(rows: list[dict[str, Any]]) -> list[str]:
     "| egdm vs muon |",
     "|---|---|---|---|---|---|",
   ]
-  for task in leaderboard.TASKS:
-    done = [c for c in cells(rows, task) if c["status"] == "done"]
+  for task, table in by_task.items():
+    done = [c for c in table if c["status"] == "done"]
     if len(done) < 2:
       continue
     cap = max(r["cap_steps"] for c in done for r in c["evals"])
@@ -265,18 +277,17 @@ HEADLINE_OPTIMIZERS = {"baseline": "baseline", "egd-first-layer": "EGD, first la
                        "column-norm": "column norm"}  # fmt: skip
 
 
-def headline(rows: list[dict[str, Any]]) -> list[str]:
+def headline(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:
   """The README's table: median steps to target of the done cells of
   ``HEADLINE_TASKS`` (``(k/5)`` when only k evaluation seeds reached it;
   ``–``: not done yet). ``tests/test_leaderboard.py`` checks that the README
   holds exactly these lines."""
-  rows = [r for r in rows if not r.get("quick")]
   out = [
     "| task | " + " | ".join(HEADLINE_OPTIMIZERS.values()) + " |",
     "|---" * (len(HEADLINE_OPTIMIZERS) + 1) + "|",
   ]
   for task in HEADLINE_TASKS:
-    by_name = {c["name"]: c for c in cells(rows, task)}
+    by_name = {c["name"]: c for c in by_task[task]}
     texts = []
     for name in HEADLINE_OPTIMIZERS:
       cell = by_name.get(name)
@@ -285,7 +296,7 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
         continue
       evals = cell["evals"]
       cap = max(r["cap_steps"] for r in evals)
-      reached = sum(r["steps_to_target"] is not None for r in evals)
+      reached = _reached(cell)
       text = show(_median_steps(cell), cap)
       if reached < len(evals):
         text += f" ({reached}/{len(evals)})"
@@ -295,8 +306,14 @@ def headline(rows: list[dict[str, Any]]) -> list[str]:
   return out
 
 
-def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) -> str:
-  """The markdown of the page; draws the figures into ``figures``."""
+def page(
+  rows: list[dict[str, Any]],
+  by_task: dict[str, list[dict[str, Any]]],
+  figures: pathlib.Path,
+  figure_link: str,
+) -> str:
+  """The markdown of the page (``by_task``: :func:`tables` of ``rows``); draws
+  the figures into ``figures``."""
   rows = [r for r in rows if not r.get("quick")]
   lines = [
     "# Leaderboard",
@@ -342,7 +359,7 @@ def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) ->
               "|---" * (len(leaderboard.ALL_OPTIMIZERS) + 1) + "|"]  # fmt: skip
   sections = []
   for task, spec in leaderboard.TASKS.items():
-    table = cells(rows, task)
+    table = by_task[task]
     by_name = {c["name"]: c["status"] for c in table}
     overview.append(
       f"| {task} | "
@@ -373,7 +390,7 @@ def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) ->
       if evals:
         cap = max(r["cap_steps"] for r in evals)
         cap_epochs = max(r["cap_epochs"] for r in evals)
-        reached = sum(r["steps_to_target"] is not None for r in evals)
+        reached = _reached(cell)
         values = (
           f"{reached}/{len(evals)} | {stat(_steps(evals, 'steps'), cap)} "
           f"| {stat(_steps(evals, 'epochs'), cap_epochs)} "
@@ -400,7 +417,7 @@ def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) ->
     if strip_plot(task, table, image):
       sections += ["", f"![steps to target on {task}]({figure_link}/{image.name})"]
     sections.append("")
-  statuses = [c for task in leaderboard.TASKS for c in cells(rows, task)]
+  statuses = [c for table in by_task.values() for c in table]
   done = sum(c["status"] == "done" for c in statuses)
   unrun = sum(c["status"] == "not run yet" for c in statuses)
   lines += [
@@ -413,7 +430,7 @@ def page(rows: list[dict[str, Any]], figures: pathlib.Path, figure_link: str) ->
     "median seed missed the target within the cap is not ranked. The per-task "
     "tables below give the spread and the share of seeds that reached it.",
     "",
-    *ranking(rows),
+    *ranking(by_task),
     "",
     "## Cells",
     "",
@@ -454,7 +471,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.figures.resolve() == (args.out.parent / "figures").resolve()
     else str(args.figures.resolve())
   )
-  text = page(leaderboard.read_rows(args.jsonl), args.figures, link)
+  rows = leaderboard.read_rows(args.jsonl)
+  by_task = tables(rows)
+  text = page(rows, by_task, args.figures, link)
   args.out.write_text(text)
   print(f"wrote {args.out}")
   if args.readme is not None:
@@ -463,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
       p.error(f"argument --readme: {args.readme} has no {README_START} ... "
               f"{README_END} block")  # fmt: skip
     head, rest = readme.split(README_START, 1)
-    table = "\n".join(headline(leaderboard.read_rows(args.jsonl)))
+    table = "\n".join(headline(by_task))
     args.readme.write_text(
       f"{head}{README_START}\n{table}\n{README_END}{rest.split(README_END, 1)[1]}"
     )

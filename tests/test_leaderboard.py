@@ -262,18 +262,18 @@ def test_summary_ranks_done_cells_and_sets_egdm_against_muon():
                             config=chosen, steps_to_target=steps,
                             epochs_to_target=steps and steps // 10,
                             seconds=steps and steps / 10))  # fmt: skip
-  table = make_leaderboard.ranking(rows)
+  table = make_leaderboard.ranking(make_leaderboard.tables(rows))
   # egdm: median of (180, 190, 210, 220, > cap) is 210; muon 300 (see above).
   assert table[2:] == [
     "| grokfast | 2 | egdm 210, muon 300 | egdm 210 | muon 300 | 210 vs 300 |"
   ]
   # One done cell is no ranking.
-  assert make_leaderboard.ranking(_synthetic_rows())[2:] == []
+  assert make_leaderboard.ranking(make_leaderboard.tables(_synthetic_rows()))[2:] == []
   # A cell whose median seed missed the target is not ranked.
   for row in rows:
     if row["optimizer"] == "egdm" and row["phase"] == "eval":
       row["steps_to_target"] = None
-  assert make_leaderboard.ranking(rows)[2:] == [
+  assert make_leaderboard.ranking(make_leaderboard.tables(rows))[2:] == [
     "| grokfast | 2 | muon 300 | – | muon 300 | > 1000 vs 300 |"
   ]
 
@@ -309,7 +309,7 @@ def test_readme_results_are_the_committed_leaderboard_rows():
   """The README's "Results at a glance" table is regenerated from the committed
   JSONL: a claim there about which optimizer groks sooner rests on its rows."""
   rows = leaderboard.read_rows(ROOT / leaderboard.DEFAULT_JSONL)
-  table = "\n".join(make_leaderboard.headline(rows))
+  table = "\n".join(make_leaderboard.headline(make_leaderboard.tables(rows)))
   assert table in (ROOT / "README.md").read_text()
 
 
