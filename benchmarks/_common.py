@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from experiments import _threads, models, optimizers, tasks, train
+from experiments._machine import cpu_model
 import optax_egd
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -86,17 +87,6 @@ def tee_stdout(path: str | pathlib.Path) -> Iterator[None]:
       yield
     finally:
       sys.stdout = old
-
-
-def cpu_model() -> str:
-  """The CPU model name from ``/proc/cpuinfo`` (or ``platform.processor()``)."""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def other_running_processes() -> int:

@@ -483,7 +483,7 @@ def machine() -> dict[str, Any]:
   """Where a row was measured."""
   import jax
 
-  from experiments.paper_table import cpu_model
+  from experiments._machine import cpu_model
 
   return {
     "cpu": cpu_model(),

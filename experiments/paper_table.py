@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import shlex
 import statistics
 import sys
@@ -43,6 +42,7 @@ from typing import Any
 import jax
 
 from experiments import _cli, _threads, grok, optimizers
+from experiments._machine import cpu_model
 
 # Task id → the ``experiments.grok`` options that select it.
 TASKS: dict[str, tuple[str, ...]] = {
@@ -263,16 +263,6 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
       f"| {row['seconds_vs_sgd'] or '–'} |"
     )
   return "\n".join(lines) + "\n"
-
-
-def cpu_model() -> str:
-  """The CPU's model name from ``/proc/cpuinfo``, else the platform's."""
-  cpuinfo = pathlib.Path("/proc/cpuinfo")
-  if cpuinfo.exists():
-    for line in cpuinfo.read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
