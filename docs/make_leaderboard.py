@@ -195,7 +195,7 @@ NOTES = {
     "on this grid (AdamW with decoupled weight decay 0.1 or 1). The outside "
     "anchor's 910 comes from `torch.optim.Adam` with coupled L2 weight decay "
     "0.005 (ironjr/grokfast README), a setting outside this grid; "
-    "Grokfast-MA, tuned on the same grid, reaches it on every seed."
+    "Grokfast-MA, tuned on the same grid, reaches it on every evaluation seed."
   ),
   "add97-mlp-bs32": (
     "At batch 32 (147 steps an epoch, against 9 at batch 512) no optimizer "
