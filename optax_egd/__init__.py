@@ -14,10 +14,11 @@ from optax_egd.baselines import (
     orthograd,
 )
 from optax_egd.distributed import Distribute
+from optax_egd.flax_dimensions import flax_dimension_numbers
 from optax_egd.polar import METHODS, PRECISIONS, auto_method, polar
 from optax_egd.recipe import egdm
 from optax_egd.spectrum import SpectrumInfo, spectrum
-from optax_egd.transform import DimensionNumbers, EGDState, egd
+from optax_egd.transform import NOT_A_MATRIX, DimensionNumbers, EGDState, egd
 
 __version__ = "0.1.0"
 
@@ -28,12 +29,14 @@ __all__ = [
     "GrokfastEmaState",
     "GrokfastMaState",
     "METHODS",
+    "NOT_A_MATRIX",
     "PRECISIONS",
     "SpectrumInfo",
     "auto_method",
     "column_norm",
     "egd",
     "egdm",
+    "flax_dimension_numbers",
     "grokfast_ema",
     "grokfast_ma",
     "orthograd",

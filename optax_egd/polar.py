@@ -129,10 +129,12 @@ from __future__ import annotations
 from collections.abc import Callable
 import functools
 import math
-from typing import Literal, get_args
+import numbers
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Method = Literal[
     "auto", "svd", "eigh", "rsvd", "newton_schulz", "polar_express", "qdwh",
@@ -171,6 +173,10 @@ _NS = ("newton_schulz", "polar_express")  # The methods that use ns_steps.
 _MATMUL = ("newton_schulz", "polar_express", "polar_express_exact")
 # Methods whose schedule is built from rtol, so it must be a Python float.
 _STATIC_RTOL = ("qdwh", "polar_express_exact")
+# Methods that take rtol = 0 (no cutoff: the exact UVᵀ, noise directions
+# included). The others need rtol > 0: their iteration's schedule is built for
+# a lower bound rtol, and "auto" may pick one of them on GPU/TPU.
+_ZERO_RTOL = ("svd", "eigh", "rsvd")
 # The default rtol of the matmul iterations at a lower precision: below it
 # the rounding of the products swamps the directions (condition-1e6 spectra,
 # 64² to 512×194: at 1e-3 resolved directions land within 2e-4 of one with
@@ -180,7 +186,6 @@ PRECISION_RTOL = {"tf32": 1e-3, "bfloat16": 1e-3}
 AUTO_CHOICES = ("svd", "polar_express_exact")
 # The lowering platforms "auto" decides for; any other gets the accelerator's.
 _CPU_PLATFORMS = ("cpu",)
-_ACCELERATOR_PLATFORMS = ("cuda", "rocm", "tpu")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -211,6 +216,65 @@ def default_rtol(shape: tuple[int, ...], dtype: jnp.dtype) -> float:
   """
   eps = float(jnp.finfo(compute_dtype(dtype)).eps)
   return max(shape[-2], shape[-1]) * eps
+
+
+def check_rtol(method: str, rtol: Any) -> None:
+  """The one rule for ``rtol``, shared by :func:`polar`, ``egd`` and ``egdm``.
+
+  ``None`` means the default. Otherwise ``rtol`` is a real number (a Python
+  or NumPy float or int) or a scalar floating array, in ``[0, 1)`` for the
+  SVD-based methods (``"svd"``, ``"eigh"``, ``"rsvd"``: 0 is the exact UVᵀ
+  with no cutoff) and in ``(0, 1)`` for the others that take it
+  (``"qdwh"`` and ``"polar_express_exact"`` build their schedules for the
+  lower bound ``rtol``; ``"auto"`` may pick ``"polar_express_exact"``).
+  ``"qdwh"`` and ``"polar_express_exact"`` need it as a number, not an array.
+  ``"newton_schulz"`` and ``"polar_express"`` have no cutoff and take no
+  ``rtol``. An array's value is checked where it is concrete; a traced one
+  (under ``jax.jit``, e.g. from ``optax.inject_hyperparams``) outside the
+  range makes :func:`polar`'s result NaN.
+
+  Raises:
+    TypeError / ValueError naming ``rtol``.
+
+  Example:
+    >>> check_rtol("svd", 0.0)
+    >>> check_rtol("auto", 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: rtol must be in (0, 1) for method='auto', got 0.0 (rtol = 0, ...
+  """
+  if rtol is None:
+    return
+  if method in _NS:
+    raise ValueError(
+        f"rtol is not used by method={method!r} (its iteration has no cutoff;"
+        " it is used by every other method): leave rtol unset (None)")
+  if isinstance(rtol, (jax.Array, np.ndarray, np.generic)) and not isinstance(
+      rtol, (np.floating, np.integer)):
+    if jnp.shape(rtol) != () or not jnp.issubdtype(rtol.dtype, jnp.floating):
+      raise TypeError(
+          f"rtol must be a float, a scalar floating array or None, got an array"
+          f" of shape {jnp.shape(rtol)} and dtype {rtol.dtype}")
+    if method in _STATIC_RTOL:
+      raise TypeError(
+          f"method={method!r} needs rtol as a Python float (it sets the"
+          f" iteration's schedule), got {rtol!r}; with optax.inject_hyperparams"
+          " list rtol in static_args, or use method='svd' for a traced rtol")
+    if isinstance(rtol, jax.core.Tracer):
+      return  # Checked where it is used: out of range gives NaN.
+    value = float(rtol)
+  elif isinstance(rtol, (bool, np.bool_)) or not isinstance(rtol, numbers.Real):
+    raise TypeError(f"rtol must be a float in [0, 1) or None, got {rtol!r}")
+  else:
+    value = float(rtol)
+  if method in _ZERO_RTOL:
+    if not 0 <= value < 1:
+      raise ValueError(f"rtol must be in [0, 1), got {value}")
+  elif not 0 < value < 1:
+    zero = (" (rtol = 0, no cutoff, is for method 'svd', 'eigh' or 'rsvd'"
+            " only)" if value == 0 else "")
+    raise ValueError(
+        f"rtol must be in (0, 1) for method={method!r}, got {value}{zero}")
 
 
 def auto_method(shape: tuple[int, ...], backend: str | None = None) -> str:
@@ -272,8 +336,9 @@ def validate(
   ``ns_steps`` for ``"newton_schulz"`` and ``"polar_express"`` only, and
   ``rtol`` for every method but those two (they have no cutoff): giving one
   to a method that does not use it (``None`` means not given) raises rather
-  than being ignored. ``"auto"`` resolves to ``"svd"`` or ``"qdwh"``, so it
-  takes ``rtol`` only.
+  than being ignored. ``"auto"`` resolves to ``"svd"`` or
+  ``"polar_express_exact"`` (see :func:`auto_method`), so it takes ``rtol``
+  and ``precision``. ``rtol`` follows :func:`check_rtol`.
 
   Raises:
     ValueError / TypeError naming the offending argument.
@@ -311,16 +376,7 @@ def validate(
       raise ValueError(
           f"{name}={value} is used only by {used_by}; method={method!r}{picks}"
           f" does not use it: leave {name} unset (None)")
-  if rtol is not None and method in _NS:
-    raise ValueError(
-        f"rtol is not used by method={method!r} (its iteration has no cutoff;"
-        " it is used by every other method): leave rtol unset (None)")
-  if rtol is not None and method in _STATIC_RTOL and (
-      not isinstance(rtol, (int, float)) or isinstance(rtol, bool)):
-    raise TypeError(
-        f"method={method!r} needs rtol as a Python float (it sets the"
-        f" iteration's schedule), got {rtol!r}; with optax.inject_hyperparams"
-        " list rtol in static_args, or use method='svd' for a traced rtol")
+  check_rtol(method, rtol)
   if precision is not None:
     if not isinstance(precision, str) or precision not in PRECISIONS:
       raise ValueError(
@@ -523,7 +579,6 @@ def _odd_quintic_minimax(lower: float, upper: float
   interior extrema of p and ``upper`` (Amsel et al., 2025, Theorem 4.1).
   Returns the coefficients (a, b, c) of ax + bx³ + cx⁵ and the error E.
   """
-  import numpy as np  # pylint: disable=import-outside-toplevel
 
   pts = np.array([lower, (2 * lower + upper) / 3, (lower + 2 * upper) / 3,
                   upper])
@@ -736,10 +791,12 @@ def polar(
       :func:`auto_method` (``"svd"`` on CPU, ``"polar_express_exact"`` on GPU
       and TPU; ``"svd"`` everywhere when ``rtol`` is traced).
     rtol: relative cutoff for small singular values (σ ↦ σ/max(σ, rtol·σ_max));
-      default ``max(m, n)·eps`` of the compute dtype. May be a traced array
-      (except for ``"qdwh"`` and ``"polar_express_exact"``, whose schedules
-      it sets). Not for ``"newton_schulz"``/``"polar_express"``, which have no
-      cutoff.
+      default ``max(m, n)·eps`` of the compute dtype. In ``[0, 1)`` for the
+      SVD-based methods, ``(0, 1)`` for the others (see :func:`check_rtol`).
+      May be a traced array (except for ``"qdwh"`` and
+      ``"polar_express_exact"``, whose schedules it sets); traced and out of
+      range, the result is NaN. Not for ``"newton_schulz"``/
+      ``"polar_express"``, which have no cutoff.
     rank: target rank, required for ``"rsvd"``.
     oversample: extra sketch columns for ``"rsvd"`` (default 10).
     power_iters: subspace iterations for ``"rsvd"`` (default 2).
@@ -776,8 +833,7 @@ def polar(
     raise ValueError("method='rsvd' needs key, a jax.random key")
   out_dtype = x.dtype
   dtype = compute_dtype(out_dtype)
-  static_rtol = rtol is None or (isinstance(rtol, (int, float))
-                                 and not isinstance(rtol, bool))
+  static_rtol = rtol is None or isinstance(rtol, numbers.Real)
   if method == "auto":
     # Per lowering platform, not the host's backend: exported, AOT-compiled
     # and device-placed programs get their platform's method.
@@ -795,10 +851,9 @@ def polar(
     rtol = max(default_rtol(x.shape, dtype),
                PRECISION_RTOL.get(precision or "float32", 0.0))
   if method in _STATIC_RTOL:
-    if not isinstance(rtol, (int, float)) or isinstance(rtol, bool):
-      raise TypeError(
-          f"method={method!r} needs rtol as a Python float, got {rtol!r}")
-    static_rtol_value = float(rtol)
+    static_rtol_value = float(rtol)  # check_rtol: a number in (0, 1).
+  # A traced rtol can only be checked here: out of range, the result is NaN.
+  rtol_in_range = static_rtol or ((rtol >= 0) & (rtol < 1))
   rtol = jnp.asarray(rtol, dtype)
   if 0 in x.shape[-2:]:
     return x
@@ -848,5 +903,5 @@ def polar(
                                precision or "float32")
     y = _t(y) if tall else y
   # A NaN or Inf entry makes its whole matrix NaN, never a finite update.
-  y = jnp.where(finite, y, jnp.nan)
+  y = jnp.where(finite & rtol_in_range, y, jnp.nan)
   return y.astype(out_dtype)

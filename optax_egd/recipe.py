@@ -27,21 +27,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-import warnings
 
 import jax
 import optax
 
 from optax_egd import distributed
 from optax_egd.polar import Method
-from optax_egd.transform import DimensionNumbers, Scale, _leaf_dims, egd
+from optax_egd.transform import (
+    NOT_A_MATRIX,
+    DimensionNumbers,
+    Scale,
+    _is_dims,
+    _leaf_dims,
+    egd,
+    warn_about_default_axes,
+)
 
 MATRIX = "egd"
 OTHER = "adam"
-
-
-def _is_dims(d: Any) -> bool:
-  return d is None or isinstance(d, DimensionNumbers)
 
 
 def _labels(dimension_numbers: Any) -> Callable[[Any], Any]:
@@ -59,38 +62,12 @@ def _labels(dimension_numbers: Any) -> Callable[[Any], Any]:
     if dimension_numbers is None:
       names = [MATRIX if getattr(x, "ndim", 0) == 2 else OTHER for x in leaves]
     else:
-      names = [MATRIX if d is not None and (getattr(x, "ndim", 0) >= 2 or own)
-               else OTHER for x, (d, own) in zip(
+      names = [MATRIX if d is not None and d is not NOT_A_MATRIX and (
+                   getattr(x, "ndim", 0) >= 2 or own) else OTHER for x, (d, own) in zip(
                    leaves, _leaf_dims(dimension_numbers, params), strict=True)]
     return jax.tree.unflatten(treedef, names)
 
   return labels
-
-
-MAX_LISTED = 4  # leaves a warning names before "and N more"
-
-
-def _warn_about_more_axes(params: Any) -> None:
-  """With the default dimension_numbers, warn that leaves with more than two
-  axes (stacked or scanned layers, conv and attention kernels) take AdamW."""
-  more = [f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)}"
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-          if getattr(leaf, "ndim", 0) >= 3]
-  if not more:
-    return
-  listed = ", ".join(more[:MAX_LISTED]) + (
-      f" and {len(more) - MAX_LISTED} more" if len(more) > MAX_LISTED else "")
-  warnings.warn(
-      "egdm: with dimension_numbers=None only 2-D leaves are matrices (as in"
-      " optax.contrib.muon), so these leaves with more axes take AdamW, not"
-      f" EGD: {listed}. To give them EGD, pass dimension_numbers saying which"
-      " axes form their matrices, e.g. for stacked (scanned) layers and conv"
-      " kernels: lambda params: jax.tree_util.tree_map_with_path(lambda path,"
-      " p: (DimensionNumbers((0, 1, 2), 3) if p.ndim == 4 else"
-      " DimensionNumbers(-2, -1)) if 'kernel' in jax.tree_util.keystr(path)"
-      " else None, params) (docs/guide/egd.md, 'Which leaves egdm treats as"
-      " matrices'); give them None there to keep AdamW without this warning.",
-      UserWarning, stacklevel=3)
 
 
 def _check_fraction(name: str, value: Any) -> None:
@@ -180,8 +157,12 @@ def egdm(
     (``optax.tree.set(state, enabled=False)`` turns EGD off).
 
   Warns:
-    UserWarning: at ``init`` with the default ``dimension_numbers``, naming
-    the leaves with three or more axes (they take AdamW).
+    UserWarning: at ``init`` with the default ``dimension_numbers``, at the
+    caller's line, naming the leaves with three or more axes (they take
+    AdamW) and 2-D leaves named ``bias`` or ``scale`` (stacked vectors of a
+    scanned model, which take EGD), as ``egd`` does; its suggested fixes run
+    when pasted. :func:`optax_egd.flax_dimension_numbers` labels a Flax NNX
+    model's leaves from its layers.
 
   Raises:
     ValueError: at construction, for an argument out of its range (named).
@@ -214,10 +195,13 @@ def egdm(
 
   matrices = optax.chain(
       optax.trace(momentum, nesterov=nesterov),
+      # By default egd sees only the 2-D leaves (the others are masked out):
+      # the last two axes, said explicitly, so that only egdm warns.
       egd(method, rank=rank, oversample=oversample, power_iters=power_iters,
           ns_steps=ns_steps, rtol=rtol, precision=precision, scale=scale,
-          key=key, dimension_numbers=dimension_numbers, enabled=enabled,
-          distribute=distribute),
+          key=key, enabled=enabled, distribute=distribute,
+          dimension_numbers=(DimensionNumbers(-2, -1) if dimension_numbers
+                             is None else dimension_numbers)),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -228,7 +212,7 @@ def egdm(
     return tx
 
   def init_fn(params: optax.Params) -> Any:
-    _warn_about_more_axes(params)
+    warn_about_default_axes(params, "egdm")
     return tx.init(params)
 
   return optax.GradientTransformationExtraArgs(init_fn, tx.update)

@@ -24,7 +24,9 @@ Example:
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Literal, NamedTuple, get_args
+import warnings
 
 import chex
 import jax
@@ -40,9 +42,49 @@ Scale = Literal["none", "muon", "rms"]
 SCALES: tuple[str, ...] = get_args(Scale)
 RMS_TARGET = 0.2  # AdamW's typical update RMS (Liu et al., 2025).
 
+
+
+class _NotAMatrix:
+  """The type of :data:`NOT_A_MATRIX` (one instance, a pytree leaf)."""
+
+  _instance: _NotAMatrix | None = None
+
+  def __new__(cls) -> _NotAMatrix:
+    if cls._instance is None:
+      cls._instance = super().__new__(cls)
+    return cls._instance
+
+  def __repr__(self) -> str:
+    return "optax_egd.NOT_A_MATRIX"
+
+  def __reduce__(self) -> str:
+    return "NOT_A_MATRIX"
+
+
+NOT_A_MATRIX = _NotAMatrix()
+"""A ``dimension_numbers`` entry for a leaf that is not a matrix.
+
+``egd`` passes such a leaf through and ``egdm`` gives it AdamW, whatever its
+number of axes: a scanned (stacked) bias or norm scale ``(layers, d)``, say,
+which the default would orthogonalize across layers. (``None`` in an ``egd``
+tree means the default, the last two axes.)
+:func:`optax_egd.flax_dimension_numbers` gives it to every such leaf.
+
+Example:
+  >>> import jax.numpy as jnp, optax_egd
+  >>> tx = optax_egd.egd(dimension_numbers={"w": None,
+  ...                                       "b": optax_egd.NOT_A_MATRIX})
+  >>> grads = {"w": jnp.ones((2, 2)), "b": jnp.ones((3, 2))}
+  >>> updates, _ = tx.update(grads, tx.init(grads))
+  >>> updates["b"]  # passed through
+  Array([[1., 1.],
+         [1., 1.],
+         [1., 1.]], dtype=float32)
+"""
+
 # A DimensionNumbers (optax's MuonDimensionNumbers: ``reduction_axis`` is the
-# fan-in, ``output_axis`` the fan-out, other axes are a batch), a tree of them,
-# a callable from params to such a tree, or None.
+# fan-in, ``output_axis`` the fan-out, other axes are a batch), NOT_A_MATRIX,
+# a tree of them, a callable from params to such a tree, or None.
 DimensionNumbersSpec = Any
 
 
@@ -87,16 +129,6 @@ def _key_data(key: Any) -> jax.Array:
   raise TypeError(
       "key must be an int seed, a jax.random.key, or raw uint32[2] key data,"
       f" got {key!r}")
-
-
-def _check_rtol(rtol: Any) -> None:
-  if rtol is None:
-    return
-  if isinstance(rtol, bool) or not isinstance(
-      rtol, (int, float, np.ndarray, jax.Array)):
-    raise TypeError(f"rtol must be a float or None, got {rtol!r}")
-  if isinstance(rtol, (int, float)) and not 0 <= rtol < 1:
-    raise ValueError(f"rtol must be in [0, 1), got {rtol}")
 
 
 def _check_enabled(enabled: Any) -> None:
@@ -145,7 +177,7 @@ def _leaf_dims(spec: DimensionNumbersSpec, tree: Any
   masked = lambda x: isinstance(x, optax.MaskedNode)
   paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(
       tree, is_leaf=masked)[0]]
-  if spec is None or isinstance(spec, DimensionNumbers):
+  if spec is None or spec is NOT_A_MATRIX or isinstance(spec, DimensionNumbers):
     return [(spec, False)] * len(paths)
   entries: dict[tuple[Any, ...], list[Any]] = {}
   for path, dim in jax.tree_util.tree_flatten_with_path(
@@ -180,7 +212,97 @@ def _leaf_dims(spec: DimensionNumbersSpec, tree: Any
 
 
 def _is_dims(x: Any) -> bool:
-  return x is None or isinstance(x, DimensionNumbers)
+  return x is None or x is NOT_A_MATRIX or isinstance(x, DimensionNumbers)
+
+
+# Packages whose frames a warning skips, so it points at the user's line (the
+# call of init, directly or through nnx.Optimizer, optax.chain, ...).
+_LIBRARY_PACKAGES = frozenset(
+    {"optax_egd", "optax", "flax", "jax", "jaxlib", "chex", "contextlib",
+     "functools"})
+
+
+def _user_stacklevel() -> int:
+  """``stacklevel`` for a ``warnings.warn`` in the caller of this function:
+  the first frame outside the libraries."""
+  frame: Any = sys._getframe(1)  # pylint: disable=protected-access
+  level = 1
+  while frame is not None:
+    package = str(frame.f_globals.get("__name__", "")).split(".")[0]
+    if package not in _LIBRARY_PACKAGES:
+      return level
+    frame, level = frame.f_back, level + 1
+  return 1
+
+
+MAX_LISTED = 4  # leaves a warning names before "and N more"
+# 2-D leaves that are vectors stacked over layers in Flax models.
+_VECTOR_NAMES = ("bias", "scale")
+# What the warnings suggest: each runs when pasted (with jax and optax_egd
+# imported, and ``model`` or ``params`` defined).
+FLAX_FIX = "dimension_numbers=optax_egd.flax_dimension_numbers(model)"
+KERNELS_FIX = (
+    "dimension_numbers=lambda params: jax.tree_util.tree_map_with_path("
+    "lambda path, p: (optax_egd.DimensionNumbers((0, 1, 2), 3) if p.ndim == 4"
+    " else optax_egd.DimensionNumbers(-2, -1)) if 'kernel' in"
+    " jax.tree_util.keystr(path) else optax_egd.NOT_A_MATRIX, params)")
+KEEP_EGDM_DEFAULT = (
+    "dimension_numbers=lambda params: jax.tree.map(lambda p:"
+    " optax_egd.DimensionNumbers(-2, -1) if p.ndim == 2 else"
+    " optax_egd.NOT_A_MATRIX, params)")
+
+
+def _listed(items: list[str]) -> str:
+  return ", ".join(items[:MAX_LISTED]) + (
+      f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+
+
+def warn_about_default_axes(params: Any, who: str) -> None:
+  """One warning policy for ``egd`` and ``egdm`` with the default
+  ``dimension_numbers`` (the caller checks that it is the default).
+
+  Warns, naming the leaves and pointing at the user's line, where the default
+  may be wrong: leaves with three or more axes (conv and attention kernels as
+  well as scanned layers; ``egd`` takes them as a batch of matrices over the
+  last two axes, ``egdm`` gives them AdamW), and 2-D leaves named like vectors
+  (``bias``, ``scale``: a scanned model's stacked biases and norm scales,
+  which the default orthogonalizes across layers).
+  """
+  more, stacked = [], []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    ndim = getattr(leaf, "ndim", 0)
+    where = f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)}" if ndim else ""
+    if ndim >= 3:
+      more.append(where)
+    elif ndim == 2 and any(str(k) in _VECTOR_NAMES for k in _path_keys(path)):
+      stacked.append(where)
+  if not more and not stacked:
+    return
+  parts = []
+  if more and who == "egdm":
+    parts.append(
+        "egdm: with dimension_numbers=None only 2-D leaves are matrices (as in"
+        " optax.contrib.muon), so these leaves with more axes take AdamW, not"
+        f" EGD: {_listed(more)}.")
+  elif more:
+    parts.append(
+        "egd: with dimension_numbers=None the last two axes of a leaf form the"
+        " matrix and the others are a batch, so these leaves are taken as"
+        f" stacks of matrices: {_listed(more)}. That is right for stacked"
+        " (scanned) layers, wrong for conv and attention kernels.")
+  if stacked:
+    parts.append(
+        f"{who}: with dimension_numbers=None these 2-D leaves get EGD as"
+        " matrices, though their names say they may be vectors stacked over"
+        f" scanned layers: {_listed(stacked)}.")
+  keep = (KEEP_EGDM_DEFAULT if who == "egdm" else
+          "dimension_numbers=optax_egd.DimensionNumbers(-2, -1)")
+  parts.append(
+      f"To say which leaves are matrices, pass `{FLAX_FIX}` for a Flax NNX"
+      f" model, or for any params `{KERNELS_FIX}` (docs/guide/egd.md, 'Flax"
+      f" models'); to keep the default without this warning,"
+      f" pass `{keep}`.")
+  warnings.warn(" ".join(parts), UserWarning, stacklevel=_user_stacklevel())
 
 
 def _axes_of(dims: DimensionNumbers) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -242,8 +364,8 @@ def _check_dims_fit(spec: DimensionNumbersSpec, tree: Any) -> None:
   for (path, leaf), (dim, own) in zip(paths_leaves, _leaf_dims(spec, tree),
                                       strict=True):
     shape = getattr(leaf, "shape", None)
-    if isinstance(leaf, optax.MaskedNode) or dim is None or shape is None or (
-        not own and len(shape) < 2):
+    if isinstance(leaf, optax.MaskedNode) or dim is None or (
+        dim is NOT_A_MATRIX) or shape is None or (not own and len(shape) < 2):
       continue
     try:
       _normalized_axes(tuple(shape), dim, jax.tree_util.keystr(path))
@@ -331,8 +453,11 @@ def egd(
     rtol: relative cutoff for small singular values, σ ↦ σ/max(σ, rtol·σ_max).
       ``None`` means ``max(m, n)·eps`` per matrix (the float noise floor: small
       directions are what EGD is for, so keep the cutoff low). May be traced
-      (not with ``"qdwh"``). Not for ``"newton_schulz"``/``"polar_express"``
-      (no cutoff). For ``rank``, ``oversample``, ``power_iters``, ``ns_steps``,
+      (not with ``"qdwh"`` and ``"polar_express_exact"``). In ``[0, 1)``
+      for ``"svd"``, ``"eigh"``, ``"rsvd"`` and in ``(0, 1)`` for the others
+      (:func:`optax_egd.polar.check_rtol`, the rule ``polar`` and ``egdm``
+      share). Not for ``"newton_schulz"``/``"polar_express"`` (no cutoff).
+      For ``rank``, ``oversample``, ``power_iters``, ``ns_steps``,
       ``rtol`` and ``precision``, ``None`` means "not given"; giving one to a
       method that does not use it raises (``"auto"`` picks ``"svd"`` on CPU
       and ``"polar_express_exact"`` on GPU/TPU, so it takes ``rtol`` and
@@ -361,7 +486,13 @@ def egd(
       ``DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)``; a single
       DimensionNumbers applies to every leaf with two or more dimensions, so
       for a model that also has dense layers give a tree or a callable by
-      ``ndim``. Negative axes count from the end (-1 is the last); axes must
+      ``ndim``. :data:`optax_egd.NOT_A_MATRIX` passes a leaf through (a
+      scanned model's stacked biases). For a Flax NNX model,
+      :func:`optax_egd.flax_dimension_numbers` builds the tree from its
+      layers. With the default, ``init`` warns (at the caller's line) naming
+      leaves with three or more axes and 2-D leaves named ``bias`` or
+      ``scale``, where the default may be wrong. Negative axes count from
+      the end (-1 is the last); axes must
       be distinct and in range for the leaf. ``init`` checks them against the
       params and raises naming the leaf, its shape and the axis, and for a
       leaf with no entry or an entry that names no leaf.
@@ -388,13 +519,8 @@ def egd(
     ...                  optax.adamw(1e-3))
     >>> state = tx.init({"w": jnp.ones((4, 3))})
   """
-  _check_rtol(rtol)
   validate(method, rank=rank, oversample=oversample, power_iters=power_iters,
            ns_steps=ns_steps, rtol=rtol, precision=precision)
-  if (method in ("qdwh", "polar_express_exact") and rtol is not None
-      and not isinstance(rtol, float)):
-    raise TypeError(
-        f"method={method!r} needs rtol as a Python float, got {rtol!r}")
   if not isinstance(scale, str) or scale not in SCALES:
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
   _check_enabled(enabled)
@@ -407,7 +533,7 @@ def egd(
         f" callable, or None; got {dimension_numbers!r}")
   if not callable(dimension_numbers):
     for d in jax.tree.leaves(dimension_numbers, is_leaf=_is_dims):
-      if d is not None:
+      if isinstance(d, DimensionNumbers):
         _check_dims_types(d)
 
   def check_leaves(tree: Any) -> None:
@@ -425,6 +551,8 @@ def egd(
   def init_fn(params: optax.Params) -> EGDState:
     check_leaves(params)
     _check_dims_fit(dimension_numbers, params)
+    if dimension_numbers is None:
+      warn_about_default_axes(params, "egd")
     # Made here, not at construction: under the caller's mesh (jax.set_mesh)
     # its type is then the one update returns, so the step compiles once.
     return EGDState(
@@ -444,7 +572,7 @@ def egd(
     groups: dict[tuple[int, int, Any], list[int]] = {}
     layouts: dict[int, _Matrixify] = {}
     for i, (leaf, dim) in enumerate(zip(leaves, dims, strict=True)):
-      if getattr(leaf, "ndim", 0) >= 2:
+      if getattr(leaf, "ndim", 0) >= 2 and dim is not NOT_A_MATRIX:
         layouts[i] = _Matrixify.of(leaf.shape, dim)
         _, m, n = layouts[i].stacked_shape
         groups.setdefault((m, n, compute_dtype(leaf.dtype)),

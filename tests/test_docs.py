@@ -145,7 +145,11 @@ _EXPECTED_OUTPUT = {
         r"^epoch  1: train accuracy \d\.\d{3}, test accuracy \d\.\d{3}$",
         r"^grokked: test accuracy >= 95% after ([1-9]|1\d|20) epochs$"],
     # dimension_numbers on a Flax NNX and a linen CNN, egdm on a scanned NNX model.
+    # flax_dimension_numbers on a scanned NNX transformer: egdm, one matrix a layer.
     "guide/egd.md": [r"^\[0\.1 0\.1 0\.1 0\.1 0\.1 0\.1 0\.1 0\.1\]$",
+                     r"^MuonDimensionNumbers\(reduction_axis=-3,"
+                     r" output_axis=\(-2, -1\)\)$",
+                     r"^optax_egd\.NOT_A_MATRIX$", r"^\[0\.02 0\.02 0\.02\]$",
                      r"^\[1\. 1\. 1\. 1\. 1\. 1\. 1\. 1\.\]$",
                      r"take AdamW, not EGD: \['blocks'\]\['linear'\]\['kernel'\]",
                      r"^\[0\.02 0\.02 0\.02 0\.02\]$"],
@@ -157,18 +161,40 @@ def test_every_page_with_expected_output_exists():
   assert set(_EXPECTED_OUTPUT) <= pages
 
 
+# The first line of a block that needs the blocks above it on its page (the
+# reader sees it too). Every other block runs on its own, as a reader who
+# pastes just that block runs it.
+CONTINUES = "# Continues the example above."
+
+
+def test_a_block_that_uses_an_earlier_name_must_say_it_continues():
+  """The check below is real: an unmarked block that needs an earlier one fails."""
+  page = "```python\nx = 1\n```\n\n```python\nprint(x)\n```\n"
+  with pytest.raises(NameError):
+    _run_blocks(re.findall(r"^```python\n(.*?)^```", page, re.MULTILINE | re.DOTALL),
+                "page")
+  _run_blocks(["x = 1\n", f"{CONTINUES}\nassert x == 1\n"], "page")
+
+
+def _run_blocks(blocks: list[str], name: str) -> None:
+  namespace: dict = {}
+  for block in blocks:
+    if not block.startswith(CONTINUES + "\n"):
+      namespace = {"__name__": f"docs_{name}"}
+    exec(compile(block, name, "exec"), namespace)  # noqa: S102
+
+
 @pytest.mark.parametrize("page", _PAGES_WITH_CODE,
                          ids=[p.relative_to(DOCS).as_posix() for p in _PAGES_WITH_CODE])
 def test_python_examples_in_the_docs_run(page: pathlib.Path, capsys):
-  """Every ```python block of a docs page runs, in order, in one namespace, and
-  prints what the page says it prints."""
+  """Every ```python block of a docs page runs, in order, on its own (or after
+  the blocks above it, where its first line says it continues them), and the
+  page prints what it says it prints."""
   if page.name == "lapack_deadlock.md":
     # Its block is the jaxlib CPU deadlock reproduction: it may hang by design
     # (benchmarks/lapack_deadlock_repro.py runs it with a deadline).
     pytest.skip("the deadlock reproduction may hang by design")
-  namespace: dict = {"__name__": f"docs_{page.stem}"}
-  for block in _python_blocks(page):
-    exec(compile(block, str(page), "exec"), namespace)  # noqa: S102
+  _run_blocks(_python_blocks(page), str(page))
   printed = capsys.readouterr().out
   for pattern in _EXPECTED_OUTPUT.get(page.relative_to(DOCS).as_posix(), []):
     assert re.search(pattern, printed, re.MULTILINE), (pattern, printed)

@@ -42,12 +42,14 @@ def _mlp_tree(p: int = 97, hidden: int = 512):
           "l2": {"kernel": f(hidden, p), "bias": f(p)}}
 
 
-# egdm takes 2-D leaves as matrices by default; stacked layers say so.
+# The stacked layers' matrices, and their stacked vectors (2-D, no matrices).
 _STACKED = lambda params: jax.tree.map(
-    lambda p: DimensionNumbers(-2, -1) if p.ndim == 3 else None, params)
+    lambda p: DimensionNumbers(-2, -1) if p.ndim == 3 else optax_egd.NOT_A_MATRIX,
+    params)
 
 TRANSFORMS = {
-    "egd()": lambda tree: optax.chain(optax_egd.egd(), optax.adamw(1e-3)),
+    "egd()": lambda tree: optax.chain(optax_egd.egd(
+        dimension_numbers=_STACKED if tree is GPT2 else None), optax.adamw(1e-3)),
     "egdm(0.02)": lambda tree: optax_egd.egdm(
         0.02, dimension_numbers=_STACKED if tree is GPT2 else None),
 }
@@ -58,7 +60,7 @@ TREES = {"gpt2-small": GPT2, "paper-mlp": MLP}
 def _custom_calls(tx, tree, platforms) -> list[str]:
   params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
   with warnings.catch_warnings():
-    warnings.simplefilter("error")  # egdm's "takes AdamW" warning: a bug here.
+    warnings.simplefilter("error")  # a default-axes warning: a bug here.
     state = jax.eval_shape(tx.init, params)
   exp = export.export(jax.jit(lambda g, s, p: tx.update(g, s, p)),
                       platforms=platforms)(tree, state, tree)

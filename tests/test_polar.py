@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from optax_egd.polar import (
@@ -620,6 +621,93 @@ def test_auto_with_traced_rtol_is_the_svd():
 def test_validation(kwargs, exc, match):
   with pytest.raises(exc, match=match):
     polar(jnp.ones((4, 3)), **kwargs)
+
+
+# One rule for rtol (check_rtol), the same in polar, egd and egdm: each case
+# either constructs and runs under jit in all three, or raises the same error,
+# naming rtol, where the argument is given (the call, the construction).
+_NAN = float("nan")
+RTOL_CASES = [
+  ("svd", 0.0, None), ("svd", 0, None), ("eigh", 0.0, None),
+  ("svd", 0.5, None), ("qdwh", 1e-3, None), ("polar_express_exact", 1e-3, None),
+  ("auto", 1e-3, None), ("svd", np.float32(1e-3), None),
+  ("qdwh", np.float64(1e-3), None), ("svd", jnp.asarray(0.5), None),
+  ("auto", 0.0, (ValueError, r"rtol must be in \(0, 1\) for method='auto',"
+                 r" got 0.0 \(rtol = 0, no cutoff, is for method 'svd'")),
+  ("qdwh", 0.0, (ValueError, r"rtol must be in \(0, 1\)")),
+  ("polar_express_exact", 0, (ValueError, r"rtol must be in \(0, 1\)")),
+  ("svd", -1, (ValueError, r"rtol must be in \[0, 1\), got -1.0")),
+  ("auto", -1e-3, (ValueError, "rtol must be in")),
+  ("svd", 1, (ValueError, r"rtol must be in \[0, 1\), got 1.0")),
+  ("svd", 2.0, (ValueError, r"rtol must be in \[0, 1\), got 2.0")),
+  ("polar_express_exact", 1, (ValueError, r"rtol must be in \(0, 1\)")),
+  ("auto", 1, (ValueError, r"rtol must be in \(0, 1\)")),
+  ("svd", _NAN, (ValueError, "rtol must be in .*, got nan")),
+  ("qdwh", _NAN, (ValueError, "rtol must be in .*, got nan")),
+  ("svd", jnp.asarray(_NAN), (ValueError, "rtol must be in .*, got nan")),
+  ("svd", jnp.asarray(2.0), (ValueError, "rtol must be in")),
+  ("svd", jnp.ones(2), (TypeError, "rtol must be a float, a scalar")),
+  ("svd", jnp.asarray(1, jnp.int32), (TypeError, "rtol must be a float, a")),
+  ("svd", True, (TypeError, "rtol must be a float")),
+  ("svd", "1e-3", (TypeError, "rtol must be a float")),
+  ("qdwh", jnp.asarray(1e-3), (TypeError, "method='qdwh' needs rtol as a")),
+  ("polar_express", 1e-3, (ValueError, "rtol is not used")),
+]
+
+
+def _rtol_outcome(call):
+  try:
+    out = call()
+  except (TypeError, ValueError) as e:
+    return type(e), str(e)
+  assert bool(jnp.all(jnp.isfinite(jnp.asarray(out))))
+  return None
+
+
+@pytest.mark.parametrize("method,rtol,expected", RTOL_CASES,
+                         ids=[f"{m}-{r!r}" for m, r, _ in RTOL_CASES])
+def test_one_rtol_rule_in_polar_egd_and_egdm(method, rtol, expected):
+  from optax_egd import egd, egdm
+  x = jnp.array([[3.0, 0.0, 1.0], [0.0, 0.5, 0.0]])
+  params = {"w": jnp.ones_like(x)}
+
+  def with_egd():
+    tx = egd(method=method, rtol=rtol)
+    return jax.jit(tx.update)({"w": x}, tx.init(params))[0]["w"]
+
+  def with_egdm():
+    tx = egdm(0.1, method=method, rtol=rtol)
+    return jax.jit(tx.update)({"w": x}, tx.init(params), params)[0]["w"]
+
+  outcomes = [_rtol_outcome(lambda: jax.jit(lambda x: polar(x, method, rtol=rtol))(x)),
+              _rtol_outcome(with_egd), _rtol_outcome(with_egdm)]
+  if expected is None:
+    assert outcomes == [None] * 3
+  else:
+    exc, match = expected
+    assert outcomes[0] == outcomes[1] == outcomes[2], outcomes
+    assert outcomes[0][0] is exc and re.search(match, outcomes[0][1]), outcomes[0]
+    assert "rtol" in outcomes[0][1]
+
+
+def test_traced_rtol_out_of_range_gives_nan_not_a_wrong_factor():
+  """A traced rtol cannot be checked at the call: out of [0, 1) (or NaN) the
+  result is NaN, never a silently rescaled factor (rtol = 2 halves every σ)."""
+  x = _zoo(16, 16)["cond1e6"]
+  f = jax.jit(lambda x, r: polar(x, "svd", rtol=r))
+  for bad in (2.0, 1.0, -0.5, _NAN):
+    assert bool(jnp.all(jnp.isnan(f(x, bad)))), bad
+  assert bool(jnp.all(jnp.isfinite(f(x, 0.0))))
+  # inject_hyperparams: checked at init (concrete), NaN when set out of range.
+  from optax_egd import egd
+  tx = optax.inject_hyperparams(egd, static_args=("method",))
+  with pytest.raises(ValueError, match="rtol must be in"):
+    tx(method="svd", rtol=2.0).init({"w": x})
+  tx = tx(method="svd", rtol=1e-3)
+  state = tx.init({"w": x})
+  state.hyperparams["rtol"] = jnp.asarray(2.0)
+  updates, _ = jax.jit(tx.update)({"w": x}, state)
+  assert bool(jnp.all(jnp.isnan(updates["w"])))
 
 
 @pytest.mark.parametrize("x", [jnp.ones(3), jnp.float32(1.0)])

@@ -641,7 +641,7 @@ def test_good_configurations_construct():
   egd(key=np.int64(3))
   egd(key=jnp.asarray(3))
   egd(key=jax.random.key(0))
-  egd(rtol=0.0)
+  egd(method="svd", rtol=0.0)
   egd(rtol=jnp.asarray(1e-3))
   egd(method="qdwh", rtol=1e-3)
   egd(enabled=jnp.asarray(False))
