@@ -435,7 +435,7 @@ def task_defaults(args: argparse.Namespace) -> dict[str, Any]:
   if args.task.startswith("mod_"):
     return _MODULAR_MLP if args.model == "mlp" else _MODULAR_TRANSFORMER
   if args.task == "parity":
-    k = args.k or 4
+    k = 4 if args.k is None else args.k
     from experiments.tasks import PARITY_PRESETS  # here: it imports JAX
 
     n = PARITY_PRESETS[k][0] if k in PARITY_PRESETS else None
@@ -571,7 +571,8 @@ def make_data(args: argparse.Namespace, key: jax.Array) -> tasks.Dataset:
   if args.task.startswith("mod_"):
     op = args.task.removeprefix("mod_")
     return tasks.modular_arithmetic(
-      key, op, args.p, args.train_fraction, args.encoding, args.label_noise or 0.0
+      key, op, args.p, args.train_fraction, args.encoding,
+      0.0 if args.label_noise is None else args.label_noise,
     )
   if args.task == "parity":
     return tasks.sparse_parity(key, args.n, args.k, args.n_train, args.n_test)
