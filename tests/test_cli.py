@@ -714,3 +714,20 @@ def test_grok_help_shows_each_optimizers_own_default(capsys):
   assert "default 0.0 (egdm 0.95; momentum-egd, momentum-egd-first-layer 0.9)" in line
   line = next(line for line in lines if line.strip().startswith("--muon-lr "))
   assert "default 0.02" in line and line.endswith("read by muon"), line
+
+
+def test_resume_ignores_what_older_checkpoints_stored_of_unread_options(
+  capsys, monkeypatch, checkpointed
+):
+  """Checkpoints of earlier versions stored every optimizer option and the
+  command's plumbing: those that egd does not read do not block --resume; a
+  changed option it reads still does."""
+  args = grok_resolve(resume(checkpointed))
+  current = grok.run_config(args, "egd", 0)
+  older = current | {"adam_lr": 0.001, "rank": 128, "b2": 0.98, "no_progress": True}
+  monkeypatch.setattr(Checkpointer, "check", lambda self: older)
+  grok.check_resume(args)  # no usage error
+  assert "--resume: no checkpoint" not in capsys.readouterr().out
+  monkeypatch.setattr(Checkpointer, "check", lambda self: older | {"lr": 0.5})
+  line = usage_error(capsys, grok.check_resume, args)
+  assert "--lr 0.5 (now 0.7)" in line and "--adam-lr" not in line, line
