@@ -57,6 +57,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
+from experiments._cli import integer  # noqa: E402
 import optax_egd  # noqa: E402
 
 Shapes = dict[tuple[int, int], int]
@@ -227,12 +228,17 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = _common.parser("layer_parallel", __doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="8 layers of width 256 instead of 24 of width 768")
-  parser.add_argument("--layers", type=int)
-  parser.add_argument("--width", type=int)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--layers", type=integer(1),
+                      help="default 24 (--quick: 8)")
+  parser.add_argument("--width", type=integer(1),
+                      help="default 768 (--quick: 256)")
+  parser.add_argument("--repeats", type=integer(1), default=3)
   args = parser.parse_args(argv)
-  layers = args.layers or (8 if args.quick else 24)
-  width = args.width or (256 if args.quick else 768)
+  if args.layers is None:
+    args.layers = 8 if args.quick else 24
+  if args.width is None:
+    args.width = 256 if args.quick else 768
+  layers, width = args.layers, args.width
   shapes = model_shapes(layers, width)
   n = len(jax.devices())
   ds = [d for d in (1, 2, 4, 8) if d <= n]

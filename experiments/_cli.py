@@ -13,7 +13,9 @@ from collections.abc import Callable
 import math
 import pathlib
 import shutil
+import sys
 import tempfile
+from typing import NoReturn
 
 SEED_MAX = 2**31 - 1
 
@@ -197,6 +199,14 @@ def out_in_use(
     f"argument --out: {directory} already holds a run ({', '.join(entries)}); "
     f"give {continue_it}--overwrite to replace it, or another --out"
   )
+
+
+def refuse(prog: str, message: str) -> NoReturn:
+  """Exit with ``prog: error: message`` alone (exit code 2, no usage lines):
+  for a refusal about the files in ``--out``, which argparse's usage would
+  bury under every option of the command."""
+  print(f"{prog}: error: {message}", file=sys.stderr)
+  raise SystemExit(2)
 
 
 def clear_outputs(directory: pathlib.Path, outputs: tuple[str, ...]) -> None:

@@ -1,9 +1,25 @@
-"""The machine a measurement ran on, for the JSON and tables that report it."""
+"""The machine a measurement ran on, and what ran it, for the JSON and
+tables that report it (``results.json`` of ``python -m experiments.grok``,
+the leaderboard's rows)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+import datetime
+import importlib
+import os
 import pathlib
 import platform
+import shlex
+import subprocess
+from typing import Any
+
+from experiments import _threads
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The packages whose versions a record names (import name: distribution).
+PACKAGES = {"jax": "jax", "jaxlib": "jaxlib", "optax": "optax",
+            "optax_egd": "optax-egd", "flax": "flax"}  # fmt: skip
 
 
 def cpu_model() -> str:
@@ -19,3 +35,66 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+  """Where a run was measured: CPU, core count, load, BLAS threads, JAX backend."""
+  import jax
+
+  return {
+    "cpu": cpu_model(),
+    "cpus": os.cpu_count(),
+    "load_average": round(os.getloadavg()[0], 2),
+    "blas_threads": _threads.describe(),
+    "backend": jax.default_backend(),
+  }
+
+
+def versions() -> dict[str, str | None]:
+  """Python's version and those of :data:`PACKAGES` as imported (None: not
+  installed).
+
+  >>> sorted(versions())
+  ['flax', 'jax', 'jaxlib', 'optax', 'optax-egd', 'python']
+  """
+  found: dict[str, str | None] = {"python": platform.python_version()}
+  for module, distribution in PACKAGES.items():
+    try:
+      found[distribution] = str(importlib.import_module(module).__version__)
+    except (ImportError, AttributeError):
+      found[distribution] = None
+  return found
+
+
+def commit(root: pathlib.Path = ROOT) -> dict[str, Any] | None:
+  """The git commit of the checkout ``root`` (this code's by default) and
+  whether tracked files differ from it; None outside a checkout (an installed
+  copy) or without git."""
+
+  def git(*args: str) -> str:
+    return subprocess.run(
+      ["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+      timeout=30,
+    ).stdout.strip()  # fmt: skip
+
+  if not (root / ".git").exists():
+    return None
+  try:
+    head = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return {"id": head, "dirty": dirty}
+
+
+def provenance(module: str, argv: Sequence[str]) -> dict[str, Any]:
+  """What ran, where and when: the exact command line (``python -m module``
+  and ``argv``), the UTC date, the commit, the versions and the machine."""
+  return {
+    "command": shlex.join(["python", "-m", module, *argv]),
+    "argv": list(argv),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "commit": commit(),
+    "versions": versions(),
+    "machine": machine(),
+  }

@@ -8,10 +8,12 @@ Example::
 Every optimizer of ``--optimizer`` trains from the same data split and the
 same initial weights for a given seed; ``--seeds N`` repeats that for seeds
 ``seed .. seed+N-1``. The output folder gets ``results.json`` (the resolved
-configuration, and per run: epochs and seconds (compilation excluded) to the
-target test accuracy, final metrics, per-epoch curves, the epoch EGD was
-switched off) and ``curves.png``; ``--spectrum`` adds the first kernel's
-gradient singular values per epoch and ``spectrum.png``. Runs are
+configuration, each optimizer's hyperparameters, what ran: the command line,
+date, commit, versions and machine; and per run: epochs and seconds
+(compilation excluded) to the target test accuracy, final metrics,
+per-epoch curves, the epoch EGD was switched off) and ``curves.png``;
+``--spectrum`` adds the first kernel's gradient singular values per epoch
+and ``spectrum.png``. Runs are
 checkpointed with Orbax every ``--checkpoint-every`` epochs, with the
 options that made them; ``--resume`` continues them exactly (to a larger
 ``--max-epochs``, or past the target with ``--no-stop``). It refuses, with a
@@ -21,8 +23,8 @@ runs of the command that have no checkpoint yet start from epoch 0. An
 ``--out`` that already holds files is refused unless ``--resume`` continues
 the run there or ``--overwrite`` replaces it (deleting the files a run writes:
 ``results.json``, the plots and the checkpoints; nothing else). Every option
-is checked first: a bad value, or an option the task or model does not use, is
-a one-line usage error naming the option (exit code 2).
+is checked first: a bad value, or an option the task, model or optimizers do
+not use, is a one-line usage error naming the option (exit code 2).
 
 Hyperparameters left unset take the papers' values for the task: EGD's for
 modular arithmetic with the MLP and for sparse parity, Grokfast's for the
@@ -49,6 +51,7 @@ import math
 import pathlib
 import shutil
 import statistics
+import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 # JAX, Flax, Orbax and matplotlib are imported where they are used, so that
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
   from experiments.checkpoint import Checkpointer
   from experiments.train import RunResult, TrainConfig
 
+PROG = "python -m experiments.grok"
 TASKS = ("mod_add", "mod_sub", "mod_mul", "mod_div", "grokfast_mul", "parity", "mnist")
 MODELS = ("mlp", "transformer", "grokfast", "omnigrok")
 PRESETS = {"grokfast": "grokfast_mul"}
@@ -129,6 +133,7 @@ _OPTIMIZER_RANGES = {
   "b1": number(0, 1, high_open=True),
   "b2": number(0, 1, high_open=True),
   "adam_weight_decay": number(0),
+  "weight_decay": number(0),
   "muon_lr": number(0, low_open=True),
   "rank": integer(1),
   "ns_steps": integer(1),
@@ -144,6 +149,11 @@ RESUMABLE_CHANGES = frozenset(
   | {"out"}
   | {"seed", "seeds", "optimizer", "optimizers"}
 )
+# Options that steer the command, not the runs: left out of results.json.
+PLUMBING = frozenset({"overwrite", "resume", "no_progress", "optimizer", "preset"})
+# The options an optimizer may read (optimizer_names.KNOBS): one none of the
+# chosen optimizers reads is a usage error; results.json records the others.
+KNOB_OPTIONS = (*_OPTIMIZER_FIELDS, "polar_method")
 MNIST_IMAGES = 5000  # the images tasks.mnist reads; n_train of them train
 MODULAR = ("mod_add", "mod_sub", "mod_mul", "mod_div", "grokfast_mul")
 # The options only some tasks (models) use: given for another, a usage error;
@@ -183,7 +193,7 @@ OUTPUTS = ("results.json", "curves.png", "spectrum.png", "checkpoints")
 def build_parser() -> argparse.ArgumentParser:
   """The command line's parser; every numeric option checks its range."""
   p = argparse.ArgumentParser(
-    prog="python -m experiments.grok", description=__doc__.splitlines()[0]
+    prog=PROG, description=__doc__.splitlines()[0]
   )
   task = p.add_argument_group("task")
   task.add_argument(
@@ -266,16 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     f"{optimizer_names.GROKFAST_DEFAULT} for --preset grokfast)",
   )
   for name, kind in _OPTIMIZER_FIELDS.items():
-    default = getattr(optimizer_names.OptimizerConfig(), name)
-    kind = _OPTIMIZER_RANGES.get(name) or (integer() if kind is int else number())
+    kind = _OPTIMIZER_RANGES.get(name, integer() if kind is int else number())
     opt.add_argument(
       f"--{name.replace('_', '-')}",
       type=kind,
-      help=f"{kind.range}; default {default} unless the task sets it",
+      help=f"{kind.range}; {_knob_help(name)}",
     )
   opt.add_argument(
     "--polar-method",
-    default="auto",
     choices=optimizer_names.POLAR_METHODS,
     help="the polar method of the EGD optimizers (egd, egd-first-layer, adam-egd,"
     " momentum-egd*, egdm); default auto (svd on CPU, polar_express_exact on"
@@ -371,6 +379,45 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _knob_help(name: str) -> str:
+  """``--help``'s default of optimizer option ``name``: the value most of its
+  optimizers use, the others' own, and which optimizers read it.
+
+  >>> _knob_help("momentum")[:67]
+  'default 0.0 (egdm 0.95; momentum-egd, momentum-egd-first-layer 0.9)'
+  >>> _knob_help("muon_lr")
+  'default 0.02 unless the task sets it; read by muon'
+  """
+  readers = optimizer_names.readers(name)
+  by_value: dict[Any, list[str]] = {}
+  for reader in readers:
+    by_value.setdefault(optimizer_names.default(reader, name), []).append(reader)
+  common = max(by_value, key=lambda value: len(by_value[value]))
+  shown = "the polar method's" if common is None else str(common)
+  others = "; ".join(
+    f"{', '.join(names)} {value}"
+    for value, names in by_value.items()
+    if value != common
+  )
+  text = f"default {shown}" + (f" ({others})" if others else "")
+  text += " unless the task sets it; read by "
+  sgd_based = {f"{p}" for p in optimizer_names.PRECONDITIONERS} & set(readers)
+  adamw_based = {f"{p}-adamw" for p in optimizer_names.PRECONDITIONERS} & set(readers)
+  named = [r for r in readers if r not in sgd_based | adamw_based]
+  if {"momentum-egd", "momentum-egd-first-layer"} <= set(named):
+    named = [r for r in named if r != "momentum-egd-first-layer"]
+    named[named.index("momentum-egd")] = "momentum-egd*"
+  if len(sgd_based) == len(optimizer_names.PRECONDITIONERS):
+    named.append("the SGD-based preconditioners")
+  else:
+    named += sorted(sgd_based, key=readers.index)
+  if len(adamw_based) == len(optimizer_names.PRECONDITIONERS):
+    named.append("the -adamw preconditioners")
+  else:
+    named += sorted(adamw_based, key=readers.index)
+  return text + ", ".join(named)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """Parse the command line; task-dependent options stay None until :func:`resolve`."""
   return build_parser().parse_args(argv)
@@ -388,7 +435,7 @@ def task_defaults(args: argparse.Namespace) -> dict[str, Any]:
   if args.task.startswith("mod_"):
     return _MODULAR_MLP if args.model == "mlp" else _MODULAR_TRANSFORMER
   if args.task == "parity":
-    k = args.k or 4
+    k = 4 if args.k is None else args.k
     from experiments.tasks import PARITY_PRESETS  # here: it imports JAX
 
     n = PARITY_PRESETS[k][0] if k in PARITY_PRESETS else None
@@ -402,6 +449,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
   stay None."""
   if getattr(args, "preset", None) is not None:
     args.task = PRESETS[args.preset]
+  given = [name for name in KNOB_OPTIONS if getattr(args, name) is not None]
   for name, used_by in TASK_OPTIONS.items():
     if getattr(args, name) is not None and args.task not in used_by:
       _error(
@@ -439,10 +487,36 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
   )
   if problem:
     _error(problem)
+  for name in given:
+    if not any(name in optimizer_names.KNOBS[o] for o in args.optimizers):
+      _error(f"argument {_option(name)}: " + _unread(args.optimizers))
+  if args.polar_method is None:
+    args.polar_method = "auto"
   _check_task(args)
   if args.batch_size is None:  # the task's, or the whole training set if smaller
     args.batch_size = min(batch_size, train_size(args))
   return args
+
+
+def _unread(names: list[str]) -> str:
+  """Why an optimizer option is refused: what ``names`` read instead."""
+  reads = "; ".join(
+    f"{name} reads "
+    + (", ".join(map(_option, optimizer_names.KNOBS[name])) or "no optimizer option")
+    for name in names
+  )
+  verb = "does" if len(names) == 1 else "do"
+  return f"--optimizer {','.join(names)} {verb} not read it ({reads})"
+
+
+def knobs(args: argparse.Namespace, name: str) -> dict[str, Any]:
+  """The hyperparameters optimizer ``name`` runs with: those it reads
+  (:data:`optimizer_names.KNOBS`), unset ones at its own defaults."""
+  values = {}
+  for knob in optimizer_names.KNOBS[name]:
+    value = getattr(args, knob)
+    values[knob] = optimizer_names.default(name, knob) if value is None else value
+  return values
 
 
 def _check_task(args: argparse.Namespace) -> None:
@@ -497,7 +571,8 @@ def make_data(args: argparse.Namespace, key: jax.Array) -> tasks.Dataset:
   if args.task.startswith("mod_"):
     op = args.task.removeprefix("mod_")
     return tasks.modular_arithmetic(
-      key, op, args.p, args.train_fraction, args.encoding, args.label_noise or 0.0
+      key, op, args.p, args.train_fraction, args.encoding,
+      0.0 if args.label_noise is None else args.label_noise,
     )
   if args.task == "parity":
     return tasks.sparse_parity(key, args.n, args.k, args.n_train, args.n_test)
@@ -587,11 +662,9 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
   data = make_data(args, data_key)
   model = make_model(args, data, init_key)
-  opt_config = optimizers.OptimizerConfig(
-    seed=seed, polar_method=args.polar_method,
-    **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS}
+  optimizer = optimizers.build(
+    name, optimizer_config(args, seed), type(model).first_kernel
   )
-  optimizer = optimizers.build(name, opt_config, type(model).first_kernel)
   config = train_config(args)
   if args.spectrum:
     config = dataclasses.replace(config, spectrum_of=type(model).first_kernel)
@@ -630,6 +703,17 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   return state.result
 
 
+def optimizer_config(
+  args: argparse.Namespace, seed: int
+) -> optimizer_names.OptimizerConfig:
+  """The hyperparameters of the (resolved) options, for :func:`optimizers.build`."""
+  return optimizer_names.OptimizerConfig(
+    seed=seed,
+    polar_method=args.polar_method,
+    **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS},
+  )
+
+
 def _checkpoint_dir(args: argparse.Namespace, name: str, seed: int) -> pathlib.Path:
   return args.out / "checkpoints" / f"{name}-seed{seed}"
 
@@ -650,12 +734,10 @@ def run_vectorized(
     data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
     data = make_data(args, data_key)
     model = make_model(args, data, init_key)
-    opt_config = optimizer_names.OptimizerConfig(
-      seed=seed, polar_method=args.polar_method,
-    **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS}
-    )
     models_.append(model)
-    optimizers_.append(optimizers.build(name, opt_config, type(model).first_kernel))
+    optimizers_.append(
+      optimizers.build(name, optimizer_config(args, seed), type(model).first_kernel)
+    )
     datas.append(data)
     shuffle_keys.append(shuffle_key)
   config = train_config(args)
@@ -695,18 +777,26 @@ def _checkpointer(
 
 def run_config(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
   """The options that make run (``name``, ``seed``): saved with its checkpoints,
-  and what ``--resume`` must match (all but :data:`RESUMABLE_CHANGES`)."""
-  config = {k: v for k, v in results_config(args).items() if k not in RESUMABLE_CHANGES}
-  return json_safe(config | {"optimizer": name, "seed": seed})
+  and what ``--resume`` must match (all but :data:`RESUMABLE_CHANGES`): the
+  task and run settings and the hyperparameters optimizer ``name`` reads."""
+  config = {
+    k: v
+    for k, v in results_config(args).items()
+    if k not in RESUMABLE_CHANGES and k not in KNOB_OPTIONS
+  }
+  return json_safe(config | knobs(args, name) | {"optimizer": name, "seed": seed})
 
 
 def results_config(args: argparse.Namespace) -> dict[str, Any]:
-  """The resolved options, as results.json records them: those that apply
-  (options the task, model or run does not use are None and left out)."""
+  """The resolved options, as results.json records them: the task and run
+  settings that apply (options the task, model or run does not use are None
+  and left out), the optimizer options that some of ``args.optimizers``
+  reads, and none of the command's plumbing (:data:`PLUMBING`)."""
+  read = {knob for name in args.optimizers for knob in optimizer_names.KNOBS[name]}
   return {
     k: str(v) if isinstance(v, pathlib.Path) else v
     for k, v in vars(args).items()
-    if v is not None
+    if v is not None and k not in PLUMBING and (k not in KNOB_OPTIONS or k in read)
   }
 
 
@@ -741,7 +831,10 @@ def check_resume(args: argparse.Namespace) -> None:
       finally:
         checkpointer.close()
       current = run_config(args, name, seed)
-      differ = config_differences(stored, current)
+      # Checkpoints of older versions also hold the options the optimizer does
+      # not read, and the command's plumbing: neither changed the run.
+      ignored = PLUMBING | (set(KNOB_OPTIONS) - set(optimizer_names.KNOBS[name]))
+      differ = [f for f in config_differences(stored, current) if f not in ignored]
       if differ:
         changes = ", ".join(
           f"{_option(f)} {stored.get(f, '(unset)')} (now {current.get(f, '(unset)')})"
@@ -980,26 +1073,34 @@ def _print_summary(summary: dict[str, dict[str, Any]], target: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   """Run every (optimizer, seed) pair and write results.json and curves.png."""
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = resolve(parse_args(argv))
   if args.vectorize_seeds and args.resume:
     _error("argument --vectorize-seeds: not with --resume (it writes no checkpoints)")
   problem = _cli.out_in_use(
     args.out, OUTPUTS, overwrite=args.overwrite, resume=args.resume
   )
-  if problem:
-    _error(problem)
+  if problem:  # the reason alone: the usage lines say nothing about --out's files
+    _cli.refuse(PROG, problem)
   if args.resume:
     check_resume(args)
   problem = _cli.unwritable(args.out)  # before any training
   if problem:
-    _error(f"argument --out: {problem}")
+    _cli.refuse(PROG, f"argument --out: {problem}")
   if args.overwrite:
     _cli.clear_outputs(args.out, OUTPUTS)
   import jax
 
   print(_threads.describe())
   print(f"JAX {jax.__version__}, backend {jax.default_backend()}")
+  from experiments._machine import provenance
+
   config = results_config(args)
+  head = {
+    "config": config,
+    "hyperparameters": {name: knobs(args, name) for name in args.optimizers},
+    "provenance": provenance("experiments.grok", argv),
+  }
   records = []
   seeds = list(range(args.seed, args.seed + args.seeds))
   if args.vectorize_seeds:
@@ -1010,13 +1111,13 @@ def main(argv: list[str] | None = None) -> None:
         records.append(run_record(name, seed, result))
       records.sort(key=lambda r: (r["seed"], args.optimizers.index(r["optimizer"])))
       summary = summarize(records, args.optimizers)
-      results = {"config": config, "summary": summary, "runs": records}
+      results = head | {"summary": summary, "runs": records}
       (args.out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
   for seed in seeds if not args.vectorize_seeds else []:
     for name in args.optimizers:
       records.append(run_record(name, seed, run_one(args, name, seed)))
       summary = summarize(records, args.optimizers)
-      results = {"config": config, "summary": summary, "runs": records}
+      results = head | {"summary": summary, "runs": records}
       (args.out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
   title = plot_title(args)
   plot(records, args.optimizers, args.out / "curves.png", title, args.target_accuracy)

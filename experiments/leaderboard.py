@@ -57,7 +57,8 @@ import sys
 import time
 from typing import Any
 
-from experiments import _cli, _threads, grok
+from experiments import _cli, _threads, grok, optimizer_names
+from experiments._machine import machine
 
 DEFAULT_JSONL = pathlib.Path("experiments/results/leaderboard.jsonl")
 TUNE_SEEDS = (100, 101)
@@ -263,10 +264,19 @@ def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
   Learning-rate-only optimizers: the centre learning rate times
   :data:`LR_FACTORS` (the first ``trials``, widest spread kept); with a
   weight decay: :data:`WD_LR_FACTORS` × two decays (0.1 and 1 for AdamW, 0
-  and 0.1 for the others).
+  and 0.1 for the others). A ValueError if the optimizer does not read a
+  knob its grid would tune (:data:`experiments.optimizer_names.KNOBS`).
   """
   grok_name, _ = grok_optimizer(task, name)
   lr_key, wd_key = _lr_key(grok_name), _wd_key(grok_name)
+  for key in (lr_key, wd_key):
+    # Tuning a knob the optimizer does not read is the same run, `trials` times.
+    if key is not None and key not in optimizer_names.KNOBS[grok_name]:
+      raise ValueError(
+        f"{name} on {task}: {grok_name} does not read {key} "
+        f"(it reads {', '.join(optimizer_names.KNOBS[grok_name])}); "
+        "no grid tunes it"
+      )
   centre = _centre(task, grok_name)
   rounded = lambda v: float(f"{v:.4g}")
   if wd_key is None:
@@ -477,21 +487,6 @@ def append(path: pathlib.Path, row: dict[str, Any]) -> None:
   """Append ``row`` as one line, under the lock."""
   with locked(path), open(path, "a") as f:
     f.write(json.dumps(grok.json_safe(row)) + "\n")
-
-
-def machine() -> dict[str, Any]:
-  """Where a row was measured."""
-  import jax
-
-  from experiments._machine import cpu_model
-
-  return {
-    "cpu": cpu_model(),
-    "cpus": os.cpu_count(),
-    "load_average": round(os.getloadavg()[0], 2),
-    "blas_threads": _threads.describe(),
-    "backend": jax.default_backend(),
-  }
 
 
 def train_row(

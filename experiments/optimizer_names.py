@@ -2,7 +2,16 @@
 
 What the command lines need to parse their options (and print ``--help``)
 before anything imports JAX; :mod:`experiments.optimizers` builds the
-optimizers and re-exports these names.
+optimizers and re-exports these names. :data:`KNOBS` declares, in this one
+place, the hyperparameters each optimizer reads: ``python -m
+experiments.grok`` refuses an option none of its optimizers reads, records
+only the ones they read, and ``python -m experiments.leaderboard`` tunes
+only those.
+
+>>> KNOBS["adamw"]
+('adam_lr', 'b1', 'b2', 'adam_weight_decay', 'warmup_steps')
+>>> [default(name, "momentum") for name in ("egdm", "momentum-egd", "sgd")]
+[0.95, 0.9, 0.0]
 """
 
 from __future__ import annotations
@@ -37,6 +46,48 @@ NAMES = (
   *(f"{p}-adamw" for p in PRECONDITIONERS),
 )
 
+# Momentum of the optimizers with their own default (--momentum unset):
+# optax_egd.egdm's, and optax.trace's usual 0.9 for momentum-egd*.
+EGDM_MOMENTUM = 0.95
+DEFAULT_MOMENTUM = 0.9
+
+# The hyperparameters (OptimizerConfig fields) each optimizer reads.
+_SGD = ("lr", "momentum", "warmup_steps")
+_ADAMW = ("adam_lr", "b1", "b2", "adam_weight_decay", "warmup_steps")
+_PRECONDITIONER_KNOBS = {
+  "egd": ("polar_method",),
+  "egd-first-layer": ("polar_method",),
+  "egd-rsvd": ("rank",),
+  "egd-rsvd-first-layer": ("rank",),
+  "egd-ns": ("ns_steps",),
+  "egd-polar-express": ("ns_steps",),
+  "column-norm": (),
+  "grokfast-ema": ("ema_alpha", "ema_lamb"),
+  "grokfast-ma": ("ma_window", "ma_lamb"),
+  "orthograd": (),
+}
+_MOMENTUM_EGD = ("lr", "momentum", "warmup_steps", "polar_method")
+KNOBS: dict[str, tuple[str, ...]] = {
+  "sgd": _SGD,
+  "adamw": _ADAMW,
+  "muon": ("muon_lr", "adam_weight_decay", "warmup_steps"),
+  "egdm": ("lr", "momentum", "weight_decay", "warmup_steps", "polar_method"),
+  "adam-egd": (
+    "lr", "adam_lr", "b1", "b2", "adam_weight_decay", "warmup_steps", "polar_method"
+  ),
+  "momentum-egd": _MOMENTUM_EGD,
+  "momentum-egd-first-layer": _MOMENTUM_EGD,
+  **{name: knobs + _SGD for name, knobs in _PRECONDITIONER_KNOBS.items()},
+  **{f"{name}-adamw": knobs + _ADAMW for name, knobs in _PRECONDITIONER_KNOBS.items()},
+}
+# Where an optimizer's default differs from OptimizerConfig's.
+_OWN_DEFAULTS = {
+  "egdm": {"momentum": EGDM_MOMENTUM},
+  "momentum-egd": {"momentum": DEFAULT_MOMENTUM},
+  "momentum-egd-first-layer": {"momentum": DEFAULT_MOMENTUM},
+}
+# Momentum of the others (SGD's: none).
+_MOMENTUM_FALLBACK = 0.0
 
 # optax_egd.METHODS but "rsvd" (which needs a rank): the --polar-method
 # choices, spelled out so that --help does not import JAX (tests check it).
@@ -49,7 +100,8 @@ class OptimizerConfig:
   """Hyperparameters of every optimizer; each uses the fields it needs."""
 
   lr: float = 0.7
-  momentum: float = 0.0
+  # None: the optimizer's own (see default()): egdm 0.95, momentum-egd* 0.9, SGD 0.
+  momentum: float | None = None
   adam_lr: float = 1e-3
   b1: float = 0.9
   b2: float = 0.98
@@ -76,3 +128,25 @@ class OptimizerConfig:
     if self.warmup_steps <= 0:
       return value
     return optax.schedules.warmup_constant_schedule(0.0, value, self.warmup_steps)
+
+
+def default(name: str, knob: str) -> object:
+  """The value optimizer ``name`` uses for ``knob`` when it is not set.
+
+  >>> default("egd-rsvd", "rank")
+  128
+  """
+  if knob in _OWN_DEFAULTS.get(name, {}):
+    return _OWN_DEFAULTS[name][knob]
+  if knob == "momentum":
+    return _MOMENTUM_FALLBACK
+  return getattr(OptimizerConfig(), knob)
+
+
+def readers(knob: str) -> tuple[str, ...]:
+  """The optimizers that read ``knob``, in :data:`NAMES` order.
+
+  >>> readers("muon_lr")
+  ('muon',)
+  """
+  return tuple(name for name in NAMES if knob in KNOBS[name])

@@ -14,9 +14,9 @@ gets ``lr`` times a unit-singular-value update):
   Adam's per-coordinate ``sqrt(v)``, which undoes the equal singular values
   (``experiments/README.md`` has the measurement);
 * ``momentum-egd``: on the kernels, EGD of an SGD momentum buffer
-  (``optax.trace(momentum)``, 0.9 when unset) rather than of the gradient;
-  plain SGD (``lr``) elsewhere. ``momentum-egd-first-layer``: the same on the
-  first kernel only (the sparse-parity recipe).
+  (``optax.trace(momentum)``, 0.9 when unset; 0 is no momentum) rather than
+  of the gradient; plain SGD (``lr``) elsewhere. ``momentum-egd-first-layer``:
+  the same on the first kernel only (the sparse-parity recipe).
 
 Preconditioners, chained in front of SGD, or of AdamW with an ``-adamw``
 suffix (``egd-adamw``, ``grokfast-ema-adamw``, ...):
@@ -55,15 +55,28 @@ from experiments.models import (
 from experiments.optimizer_names import (  # noqa: F401 (re-exported)
   BASES,
   COMPOSED,
+  DEFAULT_MOMENTUM,
+  EGDM_MOMENTUM,
   GROKFAST_DEFAULT,
+  KNOBS,
   NAMES,
   PRECONDITIONERS,
   OptimizerConfig,
+  default,
 )
 import optax_egd
 
-EGDM_MOMENTUM = 0.95
-DEFAULT_MOMENTUM = 0.9
+
+def momentum(name: str, config: OptimizerConfig) -> float:
+  """``config.momentum``, or optimizer ``name``'s own default if it is None
+  (an explicit 0 stays 0).
+
+  >>> momentum("egdm", OptimizerConfig()), momentum("egdm", OptimizerConfig(momentum=0))
+  (0.95, 0)
+  """
+  if config.momentum is not None:
+    return config.momentum
+  return default(name, "momentum")  # type: ignore[return-value]
 
 
 def _path_mask(target: Path) -> Callable[[Any], Any]:
@@ -127,7 +140,9 @@ def preconditioner(
 def base(name: str, config: OptimizerConfig) -> optax.GradientTransformation:
   """``sgd`` or ``adamw`` with the configured hyperparameters."""
   if name == "sgd":
-    return optax.sgd(config.schedule(config.lr), momentum=config.momentum or None)
+    beta = momentum("sgd", config)
+    # Momentum 0 is plain SGD: optax.sgd without a trace (the same updates).
+    return optax.sgd(config.schedule(config.lr), momentum=beta if beta > 0 else None)
   if name == "adamw":
     return optax.adamw(
       config.schedule(config.adam_lr),
@@ -149,9 +164,9 @@ def egd_on_smoothed(
   """
   if name in ("momentum-egd", "momentum-egd-first-layer"):
     mask = _path_mask(first_kernel) if name.endswith("-first-layer") else kernel_mask
-    momentum = optax.trace(config.momentum or DEFAULT_MOMENTUM)
+    trace = optax.trace(momentum(name, config))
     return optax.chain(
-      optax.masked(optax.chain(momentum, _egd(config)), mask),
+      optax.masked(optax.chain(trace, _egd(config)), mask),
       optax.sgd(config.schedule(config.lr)),
     )
   if name != "adam-egd":
@@ -201,7 +216,7 @@ def build(
   if name == "egdm":
     return optax_egd.egdm(
       config.schedule(config.lr),
-      momentum=config.momentum or EGDM_MOMENTUM,
+      momentum=momentum("egdm", config),
       weight_decay=config.weight_decay,
       key=config.seed,
       method=config.polar_method,

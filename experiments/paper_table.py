@@ -282,11 +282,11 @@ def main(argv: list[str] | None = None) -> None:
   """Run every (task, seed, optimizer) and write table.md and results.json."""
   args = parse_args(argv)
   problem = _cli.out_in_use(args.out, OUTPUTS, overwrite=args.overwrite)
-  if problem:
-    build_parser().error(problem)
+  if problem:  # the reason alone: the usage lines say nothing about --out's files
+    _cli.refuse("python -m experiments.paper_table", problem)
   problem = _cli.unwritable(args.out)  # before any training
   if problem:
-    build_parser().error(f"argument --out: {problem}")
+    _cli.refuse("python -m experiments.paper_table", f"argument --out: {problem}")
   if args.overwrite:
     _cli.clear_outputs(args.out, OUTPUTS)
   print(_threads.describe())

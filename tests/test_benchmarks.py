@@ -185,3 +185,20 @@ def test_layer_parallel_counts_matrices_per_device(
       [sys.executable, "-m", "benchmarks.layer_parallel", "--help"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120).stdout
   assert help_text.startswith("usage: python -m benchmarks.layer_parallel ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "0", "--width", "-1"], "argument --layers: must be an integer >= 1"),
+    (["--width", "-1"], "argument --width: must be an integer >= 1, got '-1'"),
+    (["--repeats", "0"], "argument --repeats: must be an integer >= 1"),
+])
+def test_layer_parallel_refuses_sizes_below_one(argv: list[str], message: str) -> None:
+  """``--layers 0`` was 24 layers (``args.layers or 24``), a negative width a
+  traceback: both are one-line usage errors now."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  done = subprocess.run(
+      [sys.executable, "-m", "benchmarks.layer_parallel", *argv],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+  assert message in done.stderr.splitlines()[-1]

@@ -37,6 +37,17 @@ def usage_error(capsys, parse, argv) -> str:
   return lines[-1]
 
 
+def refusal(capsys, main, argv) -> str:
+  """The one line of a refusal about ``--out``'s files: exit code 2, the
+  reason alone on stderr (no usage lines above it, no traceback)."""
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and err.startswith("python -m experiments."), err
+  return err.rstrip("\n")
+
+
 def grok_resolve(argv):
   return grok.resolve(grok.parse_args(argv))
 
@@ -185,7 +196,7 @@ def test_unwritable_out_is_refused_before_training(capsys, tmp_path, monkeypatch
   monkeypatch.setattr(paper_table, "run_record", _no_training)
   for main in (grok.main, paper_table.main):
     argv = ["--checkpoint-every", "0"] if main is grok.main else ["--tasks", "add-79"]
-    line = usage_error(capsys, main, [*argv, "--out", str(blocker / "out")])
+    line = refusal(capsys, main, [*argv, "--out", str(blocker / "out")])
     assert f"error: argument --out: cannot write to {blocker / 'out'}: " in line
 
 
@@ -409,7 +420,7 @@ def _old_run(out: pathlib.Path) -> pathlib.Path:
 def test_grok_refuses_an_out_that_holds_a_run(capsys, tmp_path, monkeypatch):
   monkeypatch.setattr(grok, "run_one", _no_training)
   out = _old_run(tmp_path / "run")
-  line = usage_error(capsys, grok.main, [*TINY, "--out", str(out)])
+  line = refusal(capsys, grok.main, [*TINY, "--out", str(out)])
   assert f"argument --out: {out} already holds a run (" in line
   assert "results.json" in line and "checkpoints" in line
   fix = "give --resume to continue it, --overwrite to replace it, or another --out"
@@ -419,12 +430,11 @@ def test_grok_refuses_an_out_that_holds_a_run(capsys, tmp_path, monkeypatch):
     ([], f"argument --out: {out} is not empty (it has notes.txt"),
     (["--overwrite"], "argument --overwrite: "),
   ]:
-    line = usage_error(capsys, grok.main, [*TINY, "--out", str(out), *extra])
+    line = refusal(capsys, grok.main, [*TINY, "--out", str(out), *extra])
     assert message in line and "give another --out" in line
   assert (out / "results.json").exists() and (out / "notes.txt").exists()
-  line = usage_error(
-    capsys, grok.main, [*TINY, "--out", str(out), "--resume", "--overwrite"]
-  )
+  argv = [*TINY, "--out", str(out), "--resume", "--overwrite"]
+  line = refusal(capsys, grok.main, argv)
   assert "argument --overwrite: not with --resume" in line
 
 
@@ -445,7 +455,7 @@ def test_paper_table_refuses_an_out_that_holds_a_table(capsys, tmp_path, monkeyp
   out.mkdir()
   (out / "table.md").write_text("old")
   monkeypatch.setattr(paper_table, "run_record", _no_training)
-  line = usage_error(capsys, paper_table.main, ["--tasks", "add-79", "--out", str(out)])
+  line = refusal(capsys, paper_table.main, ["--tasks", "add-79", "--out", str(out)])
   assert f"argument --out: {out} already holds a run (table.md)" in line
   assert "--overwrite to replace it, or another --out" in line
 
@@ -555,6 +565,44 @@ def _result(egd_enabled):
   return RunResult(history, compile_seconds=1.0, steps_per_epoch=3)
 
 
+def test_results_record_only_what_the_optimizers_read_and_no_plumbing():
+  sgd = grok.results_config(grok_resolve([*TINY, "--optimizer", "sgd"]))
+  assert sgd["lr"] == 0.7 and sgd["optimizers"] == ["sgd"]
+  assert not {"adam_lr", "b1", "b2", "rank", "ema_alpha", "muon_lr", "weight_decay",
+              "polar_method"} & set(sgd)  # fmt: skip
+  assert not {"overwrite", "resume", "no_progress", "optimizer"} & set(sgd)
+  both = grok.results_config(grok_resolve([*TINY, "--optimizer", "sgd,adamw"]))
+  assert {"lr", "adam_lr", "b1", "b2"} <= set(both) and "rank" not in both
+  # Per optimizer, what it ran with (each optimizer's own momentum).
+  args = grok_resolve([*TINY, "--optimizer", "egdm,sgd"])
+  assert grok.knobs(args, "egdm")["momentum"] == 0.95
+  assert grok.knobs(args, "sgd") == {"lr": 0.7, "momentum": 0.0, "warmup_steps": 0}
+  config = grok.run_config(args, "sgd", 0)
+  assert config["momentum"] == 0.0 and "weight_decay" not in config
+
+
+def test_provenance_names_what_ran():
+  from experiments._machine import provenance
+
+  record = provenance("experiments.grok", ["--p", "11", "--lr", "0.5"])
+  assert record["command"] == "python -m experiments.grok --p 11 --lr 0.5"
+  assert record["argv"] == ["--p", "11", "--lr", "0.5"]
+  assert record["date"].endswith("+00:00")
+  versions = record["versions"]
+  import jax
+  import optax
+
+  import optax_egd
+
+  assert versions["jax"] == jax.__version__ and versions["optax"] == optax.__version__
+  assert versions["optax-egd"] == optax_egd.__version__
+  head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                        capture_output=True, text=True)  # fmt: skip
+  if head.returncode == 0:
+    assert record["commit"]["id"] == head.stdout.strip()
+  assert {"cpu", "cpus", "backend", "blas_threads"} <= set(record["machine"])
+
+
 def test_results_record_only_the_fields_that_apply():
   muon = grok.run_record("muon", 0, _result([None, None]))
   assert "egd_enabled" not in muon["curves"] and "egd_off_epoch" not in muon
@@ -567,3 +615,119 @@ def test_results_record_only_the_fields_that_apply():
   parity = grok.results_config(grok_resolve(["--task", "parity", "--k", "3"]))
   assert parity["n_test"] == 10000 and parity["n"] == 100
   assert not {"p", "train_fraction", "encoding"} & set(parity)
+
+
+# Optimizer options (issue 29, item 4; issue 28): each optimizer reads the
+# options optimizer_names.KNOBS declares; any other is refused, and an explicit
+# value is used as given (0 included).
+
+
+def test_every_optimizer_declares_the_options_it_reads():
+  from experiments import optimizer_names
+
+  assert set(optimizer_names.KNOBS) == set(optimizer_names.NAMES)
+  options = set(grok.KNOB_OPTIONS)
+  for name, knobs in optimizer_names.KNOBS.items():
+    assert set(knobs) <= options and len(set(knobs)) == len(knobs), name
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--optimizer", "adamw", "--lr", "5.6"],
+     "argument --lr: --optimizer adamw does not read it (adamw reads --adam-lr, "),
+    (["--optimizer", "sgd", "--adam-lr", "0.1"], "argument --adam-lr: --optimizer sgd"),
+    (["--optimizer", "egd,sgd", "--rank", "4"],
+     "argument --rank: --optimizer egd,sgd do not read it (egd reads --polar-method"),
+    (["--optimizer", "muon", "--momentum", "0.5"], "argument --momentum: --optimizer"),
+    (["--optimizer", "egd", "--weight-decay", "0.1"], "argument --weight-decay: --opt"),
+    (["--optimizer", "sgd", "--polar-method", "svd"], "argument --polar-method: --opt"),
+    (["--optimizer", "egd-rsvd", "--polar-method", "svd"], "argument --polar-method"),
+    (["--optimizer", "column-norm", "--ema-alpha", "0.5"], "argument --ema-alpha: --"),
+    (["--weight-decay", "-1"], "argument --weight-decay: must be a number >= 0"),
+  ],
+)  # fmt: skip
+def test_grok_refuses_an_option_no_chosen_optimizer_reads(capsys, argv, message):
+  line = usage_error(capsys, grok_resolve, argv)
+  assert message in line, line
+
+
+def test_grok_accepts_an_option_one_of_the_optimizers_reads():
+  args = grok_resolve(["--optimizer", "adamw,egd-rsvd", "--rank", "4", "--lr", "0.5"])
+  assert (args.rank, args.lr) == (4, 0.5)
+  assert grok.knobs(args, "egd-rsvd")["rank"] == 4 and "rank" not in grok.knobs(
+    args, "adamw"
+  )
+
+
+def test_refusals_run_without_a_traceback_in_a_subprocess():
+  done = subprocess.run(
+    [sys.executable, "-m", "experiments.grok", "--optimizer", "adamw", "--lr", "5.6"],
+    cwd=ROOT, capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert done.returncode == 2 and "Traceback" not in done.stderr
+  assert done.stderr.splitlines()[-1].startswith(
+    "python -m experiments.grok: error: argument --lr: --optimizer adamw does not"
+  )
+
+
+@pytest.mark.parametrize("name", ["egdm", "momentum-egd", "momentum-egd-first-layer"])
+def test_momentum_zero_is_no_momentum(name):
+  """Momentum 0 runs without momentum: the second update is the one a fresh
+  optimizer makes from the second gradient alone (issue 28: it ran egdm's
+  0.95, momentum-egd's 0.9)."""
+  import jax
+  import jax.numpy as jnp
+
+  from experiments import optimizers
+
+  path = ("dense", "kernel")
+  tx = optimizers.build(name, optimizers.OptimizerConfig(momentum=0.0), path)
+  params = {"dense": {"kernel": jnp.zeros((4, 3))}}
+  g1, g2 = (
+    {"dense": {"kernel": jax.random.normal(jax.random.key(i), (4, 3))}} for i in (1, 2)
+  )
+  _, state = tx.update(g1, tx.init(params), params)
+  second, _ = tx.update(g2, state, params)
+  alone, _ = tx.update(g2, tx.init(params), params)
+  assert jnp.allclose(second["dense"]["kernel"], alone["dense"]["kernel"], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["egdm", "momentum-egd", "sgd", "egd"])
+def test_momentum_option_reaches_the_optimizer(name):
+  """``--momentum 0`` is 0 in the optimizer's configuration; unset, each
+  optimizer takes its own default."""
+  args = grok_resolve(["--optimizer", name, "--momentum", "0"])
+  assert grok.optimizer_config(args, 0).momentum == 0
+  assert grok.knobs(args, name)["momentum"] == 0
+  default = grok.knobs(grok_resolve(["--optimizer", name]), name)["momentum"]
+  assert default == {"egdm": 0.95, "momentum-egd": 0.9}.get(name, 0.0)
+
+
+def test_grok_help_shows_each_optimizers_own_default(capsys):
+  parser = grok.build_parser()
+  parser.formatter_class = lambda prog: grok.argparse.HelpFormatter(
+    prog, width=10**4, max_help_position=100
+  )  # one line per option
+  lines = parser.format_help().splitlines()
+  line = next(line for line in lines if line.strip().startswith("--momentum "))
+  assert "default 0.0 (egdm 0.95; momentum-egd, momentum-egd-first-layer 0.9)" in line
+  line = next(line for line in lines if line.strip().startswith("--muon-lr "))
+  assert "default 0.02" in line and line.endswith("read by muon"), line
+
+
+def test_resume_ignores_what_older_checkpoints_stored_of_unread_options(
+  capsys, monkeypatch, checkpointed
+):
+  """Checkpoints of earlier versions stored every optimizer option and the
+  command's plumbing: those that egd does not read do not block --resume; a
+  changed option it reads still does."""
+  args = grok_resolve(resume(checkpointed))
+  current = grok.run_config(args, "egd", 0)
+  older = current | {"adam_lr": 0.001, "rank": 128, "b2": 0.98, "no_progress": True}
+  monkeypatch.setattr(Checkpointer, "check", lambda self: older)
+  grok.check_resume(args)  # no usage error
+  assert "--resume: no checkpoint" not in capsys.readouterr().out
+  monkeypatch.setattr(Checkpointer, "check", lambda self: older | {"lr": 0.5})
+  line = usage_error(capsys, grok.check_resume, args)
+  assert "--lr 0.5 (now 0.7)" in line and "--adam-lr" not in line, line

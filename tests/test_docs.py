@@ -198,3 +198,19 @@ def test_python_examples_in_the_docs_run(page: pathlib.Path, capsys):
   printed = capsys.readouterr().out
   for pattern in _EXPECTED_OUTPUT.get(page.relative_to(DOCS).as_posix(), []):
     assert re.search(pattern, printed, re.MULTILINE), (pattern, printed)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting_started.md"])
+def test_install_docs_say_the_experiments_need_a_clone(page: str) -> None:
+  """The wheel ships `optax_egd` only (pyproject's package list), so where the
+  install docs describe the `experiments` extra they say that `python -m
+  experiments.…` needs a clone (issue 29: the extra installs Flax and the rest,
+  then `python -m experiments.grok` fails outside a clone)."""
+  packages = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+  assert packages == ["optax_egd*"], packages
+  text = " ".join((ROOT / page).read_text().split())
+  extra = text.index('pip install "optax-egd[experiments]"')
+  paragraph = text[extra:extra + 400]
+  assert "the wheel holds the `optax_egd` library alone" in paragraph, paragraph
+  assert "`python -m experiments.…`" in paragraph, paragraph
+  assert "need a clone of the repository" in paragraph, paragraph

@@ -416,6 +416,19 @@ def test_cli_writes_json_and_png(tmp_path):
   )
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["config"]["p"] == P and results["config"]["lr"] == 0.7
+  # What ran: versions, commit, date, the exact argv, the machine; only the
+  # hyperparameters egd and sgd read, and none of the command's plumbing.
+  provenance = results["provenance"]
+  assert provenance["argv"][-2:] == ["--egd-off-at", "0.0"]
+  assert provenance["versions"]["jax"] == jax.__version__
+  assert {"optax", "optax-egd", "python"} <= set(provenance["versions"])
+  assert {"date", "commit", "machine", "command"} <= set(provenance)
+  assert not {"adam_lr", "b1", "rank", "no_progress", "overwrite"} & set(
+    results["config"]
+  )
+  assert results["hyperparameters"]["sgd"] == {
+    "lr": 0.7, "momentum": 0.0, "warmup_steps": 0
+  }
   assert [r["optimizer"] for r in results["runs"]] == ["egd", "sgd"]
   egd_run = results["runs"][0]
   assert egd_run["egd_off_epoch"] == 1 and egd_run["curves"]["egd_enabled"] == [

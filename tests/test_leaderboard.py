@@ -335,3 +335,29 @@ def test_page_generator_rewrites_only_the_readme_block(tmp_path):
     make_leaderboard.main(argv)
   assert info.value.code == 2
 
+
+
+def test_every_grid_tunes_knobs_its_optimizer_reads():
+  """Every grid is `trials` distinct configurations of knobs the optimizer
+  reads (optimizer_names.KNOBS), and each run's options pass grok's checks."""
+  from experiments import optimizer_names
+
+  for task, spec in leaderboard.TASKS.items():
+    for name in spec.optimizers:
+      grok_name, _ = leaderboard.grok_optimizer(task, name)
+      configs = leaderboard.grid(task, name)
+      assert len({json.dumps(c, sort_keys=True) for c in configs}) == len(configs)
+      assert {k for c in configs for k in c} <= set(optimizer_names.KNOBS[grok_name])
+      argv = leaderboard.run_argv(task, name, configs[0], quick=False)
+      assert grok.resolve(grok.parse_args(argv)).optimizers == [grok_name]
+
+
+def test_a_grid_of_a_knob_the_optimizer_does_not_read_is_refused(monkeypatch):
+  # As if the baseline AdamW's learning rate were declared as SGD's `lr`:
+  # six identical runs. The grid refuses instead.
+  monkeypatch.setattr(leaderboard, "_lr_key", lambda grok_name: "lr")
+  with pytest.raises(ValueError, match="adamw does not read lr"):
+    leaderboard.grid("mnist", "baseline")
+  monkeypatch.setattr(leaderboard, "_wd_key", lambda grok_name: "weight_decay")
+  with pytest.raises(ValueError, match="muon does not read"):
+    leaderboard.grid("mnist", "muon")

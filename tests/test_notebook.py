@@ -106,3 +106,55 @@ def test_install_cell_under_a_kernel_says_why_pip_failed(tmp_path: Path) -> None
   advice = missing.split("No such file or directory", 1)[1]
   assert "git+https://github.com/optax-egd/optax-egd" in advice, missing
   assert "OPTAX_EGD_SOURCE is empty" in empty, empty
+
+
+def _run_install_cell(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                      source: str | None) -> tuple[list[list[str]], dict]:
+  """Runs the install cell here, optax-egd installed (as in this environment),
+  outside a checkout, with pip stubbed: the pip commands it would run, and
+  its namespace."""
+  import importlib.util
+  import subprocess
+
+  assert importlib.util.find_spec("optax_egd") is not None
+  monkeypatch.chdir(tmp_path)
+  if source is None:
+    monkeypatch.delenv("OPTAX_EGD_SOURCE", raising=False)
+  else:
+    monkeypatch.setenv("OPTAX_EGD_SOURCE", source)
+  calls: list[list[str]] = []
+
+  def run(command, **kwargs):
+    assert command[1:4] == ["-m", "pip", "install"], command
+    calls.append(command[4:])
+    return subprocess.CompletedProcess(command, 0, "", "")
+
+  monkeypatch.setattr(subprocess, "run", run)
+  namespace: dict = {}
+  exec(compile(_install_cell(), "install cell", "exec"), namespace)
+  return calls, namespace
+
+
+def test_install_cell_installs_a_chosen_source_over_an_installed_optax_egd(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]) -> None:
+  """OPTAX_EGD_SOURCE pointing at a new wheel replaces the installed package
+  (it was ignored once optax-egd was installed); the default source leaves it."""
+  wheel = str(tmp_path / "optax_egd-0.1.0-py3-none-any.whl")
+  calls, _ = _run_install_cell(monkeypatch, tmp_path, wheel)
+  assert ["-q", "--force-reinstall", "--no-deps", wheel] in calls, calls
+  assert "installing optax-egd from " + wheel + " over it" in capsys.readouterr().out
+  calls, _ = _run_install_cell(monkeypatch, tmp_path, None)
+  assert calls == [] and capsys.readouterr().out == ""
+
+
+def test_install_cell_advice_for_a_package_index_requirement(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+  """A requirement such as "optax-egd==0.1.0" is not a missing file."""
+  _, cell = _run_install_cell(monkeypatch, tmp_path, None)
+  cause = "No matching distribution found for optax-egd==0.1.0"
+  advice = cell["advice"]("optax-egd==0.1.0", cause)
+  assert "no such file" not in advice.lower(), advice
+  assert "not on PyPI" in advice and cell["REPOSITORY"] in advice, advice
+  missing = cell["advice"](str(tmp_path / "optax_egd-0.1.0-py3-none-any.whl"), "")
+  assert "There is no such file here" in missing, missing
