@@ -150,6 +150,8 @@ _EXPECTED_OUTPUT = {
                      r"^MuonDimensionNumbers\(reduction_axis=-3,"
                      r" output_axis=\(-2, -1\)\)$",
                      r"^optax_egd\.NOT_A_MATRIX$", r"^\[0\.02 0\.02 0\.02\]$",
+                     r"^MuonDimensionNumbers\(reduction_axis=\(-4, -3, -2\),"
+                     r" output_axis=-1\)$",
                      r"^\[1\. 1\. 1\. 1\. 1\. 1\. 1\. 1\.\]$",
                      r"take AdamW, not EGD: \['blocks'\]\['linear'\]\['kernel'\]",
                      r"^\[0\.02 0\.02 0\.02 0\.02\]$"],

@@ -288,3 +288,68 @@ def test_the_fixes_a_warning_suggests_run_when_pasted(who):
       warnings.simplefilter("error")
       state = make(dims).init(params)
     assert jax.tree.leaves(state)
+
+
+# ------------------------------------------------------------------ linen ---
+
+import flax.linen as nn  # noqa: E402
+
+
+class LinenBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    x = x + nn.MultiHeadDotProductAttention(num_heads=HEADS)(nn.LayerNorm()(x))
+    return x + nn.Dense(D)(jax.nn.relu(nn.Dense(2 * D)(x))), None
+
+
+class LinenTransformer(nn.Module):
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(11, D)(tokens)
+    x, _ = nn.scan(LinenBlock, variable_axes={"params": 0},
+                   split_rngs={"params": True}, length=LAYERS)()(x, None)
+    x = nn.Conv(4, (3,))(x)  # a 1-D conv kernel (3, D, 4)
+    return nn.Dense(11)(x).mean(axis=1)
+
+
+def test_linen_scanned_transformer_is_labelled_from_its_layers():
+  tokens, labels = _tokens()
+  model = LinenTransformer()
+  dims = flax_dimension_numbers(model, tokens)
+  blocks = dims["params"]["ScanLinenBlock_0"]
+  attn = blocks["MultiHeadDotProductAttention_0"]
+  assert attn["query"]["kernel"] == DimensionNumbers(-3, (-2, -1))
+  assert attn["out"]["kernel"] == DimensionNumbers((-3, -2), -1)
+  assert attn["query"]["bias"] is NOT_A_MATRIX
+  assert blocks["Dense_0"] == {"kernel": DimensionNumbers(-2, -1), "bias": NOT_A_MATRIX}
+  assert blocks["LayerNorm_0"] == {"scale": NOT_A_MATRIX, "bias": NOT_A_MATRIX}
+  assert dims["params"]["Conv_0"]["kernel"] == DimensionNumbers((-3, -2), -1)
+  variables = model.init(jax.random.key(0), tokens)
+  grads = jax.grad(lambda v: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply(v, tokens), labels).mean())(variables)
+  tx = egd(method="svd", rtol=RTOL, dimension_numbers=dims)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    state = tx.init(variables)
+  updates, _ = tx.update(grads, state)
+  g, u = _np(grads["params"]), _np(updates["params"])
+  for layer in range(LAYERS):
+    k = g["ScanLinenBlock_0"]["Dense_1"]["kernel"][layer]
+    np.testing.assert_allclose(u["ScanLinenBlock_0"]["Dense_1"]["kernel"][layer],
+                               np_polar(k), atol=2e-5)
+  np.testing.assert_array_equal(u["ScanLinenBlock_0"]["Dense_0"]["bias"],
+                                g["ScanLinenBlock_0"]["Dense_0"]["bias"])
+  k = g["Conv_0"]["kernel"]
+  np.testing.assert_allclose(u["Conv_0"]["kernel"],
+                             np_polar(k.reshape(3 * D, 4)).reshape(k.shape), atol=2e-5)
+  # dims["params"] fits variables["params"].
+  egd(dimension_numbers=dims["params"]).init(variables["params"])
+
+
+def test_linen_needs_example_inputs_and_nnx_takes_none():
+  with pytest.raises(TypeError, match="needs example inputs for a linen module"):
+    flax_dimension_numbers(nn.Dense(3))
+  with pytest.raises(TypeError, match="inputs for a linen module only"):
+    flax_dimension_numbers(CNN(nnx.Rngs(0)), jnp.ones((1, 5, 5, 2)))
+  with pytest.raises(TypeError, match="wrt is for NNX"):
+    flax_dimension_numbers(nn.Dense(3), jnp.ones((1, 2)), wrt=nnx.Param)
