@@ -305,7 +305,7 @@ def _count_qdwh(cost: Cost, batch: int, m: int, n: int, rtol: float) -> None:
   # max_iterations = the library's schedule: QR-based steps while the
   # weight c > 100, Cholesky-based after; then its Newton-Schulz refinement
   # and the library's filter.
-  steps = polar_module._qdwh_steps(rtol)  # pylint: disable=protected-access
+  steps = importlib.import_module("optax_egd.polar_schedules").qdwh_steps(rtol)
   weights = polar_module._qdwh_weights(rtol)  # pylint: disable=protected-access
   qr_steps = sum(c > 100 for _, _, c in weights)
   cost.ew(batch * m * n, 1, 1, 3)  # norm estimate and scaling

@@ -29,6 +29,12 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 POLAR = "optax_egd/polar.py"
+METHODS = "optax_egd/polar_methods.py"
+SCHEDULES = "optax_egd/polar_schedules.py"
+PER_MATRIX = "optax_egd/per_matrix.py"
+POLAR_ARGS = "optax_egd/polar_args.py"
+FLAX_DIMS = "optax_egd/flax_dimensions.py"
+T_FLAX_DIMS = "tests/test_flax_dimensions.py"
 TRANSFORM = "optax_egd/transform.py"
 BASELINES = "optax_egd/baselines.py"
 RECIPE = "optax_egd/recipe.py"
@@ -52,7 +58,7 @@ class Mutant(NamedTuple):
 
 
 MUTANTS = (
-  Mutant("svd-cutoff", "exact methods: the small-σ cutoff dropped", POLAR,
+  Mutant("svd-cutoff", "exact methods: the small-σ cutoff dropped", METHODS,
          "cutoff = rtol * s[..., :1]", "cutoff = 0 * s[..., :1]",
          (T_POLAR, T_TRANSFORM)),
   Mutant("enabled-ignored", "egd: state.enabled ignored", TRANSFORM,
@@ -64,7 +70,7 @@ MUTANTS = (
   Mutant("count-frozen", "egd: count not incremented", TRANSFORM,
          "count=optax.safe_increment(state.count),", "count=state.count,",
          (T_TRANSFORM, T_COMPAT, T_HARNESS)),
-  Mutant("rsvd-power-iters", "rsvd: power iterations skipped", POLAR,
+  Mutant("rsvd-power-iters", "rsvd: power iterations skipped", METHODS,
          "for _ in range(power_iters):", "for _ in range(0):",
          (T_POLAR,)),
   Mutant("rsvd-oversample", "rsvd: the oversample argument ignored", POLAR,
@@ -74,17 +80,18 @@ MUTANTS = (
          POLAR, "steps = ns_steps or DEFAULT_NS_STEPS[method]",
          "steps = DEFAULT_NS_STEPS[method]", (T_POLAR,)),
   Mutant("nan-guard", "a non-finite matrix gives a finite update", POLAR,
-         "y = jnp.where(finite, y, jnp.nan)", "y = y", (T_POLAR,)),
+         "y = jnp.where(finite & rtol_in_range, y, jnp.nan)",
+         "y = jnp.where(rtol_in_range, y, jnp.nan)", (T_POLAR,)),
   Mutant("no-rescale", "no power-of-two rescale (overflow, scale)", POLAR,
          "x = jnp.where(finite, jnp.ldexp(x, -jnp.where(finite, jnp.frexp(amax)[1],"
          " 0)), 0)", "x = jnp.where(finite, x, 0)", (T_POLAR,)),
-  Mutant("qdwh-filter", "qdwh: the noise filter dropped", POLAR,
+  Mutant("qdwh-filter", "qdwh: the noise filter dropped", METHODS,
          "return _t(_qdwh_filter(u))", "return _t(u)", (T_POLAR,)),
-  Mutant("eigh-floor", "eigh: the Gram resolution floor dropped", POLAR,
+  Mutant("eigh-floor", "eigh: the Gram resolution floor dropped", METHODS,
          "rtol = jnp.maximum(rtol, math.sqrt(m) * jnp.sqrt(eps))", "rtol = rtol",
          (T_POLAR,)),
   Mutant("cpu-batched-lapack", "CPU: stacks decomposed in one batched call",
-         POLAR, "cpu=lambda *a: jax.lax.map(lambda b: f(*b), a),",
+         PER_MATRIX, "cpu=lambda *a: jax.lax.map(lambda b: f(*b), a),",
          "cpu=jax.vmap(f),", (T_POLAR, T_VMAP)),
   Mutant("muon-scale", "scale='muon': fan-in and fan-out swapped", TRANSFORM,
          "return math.sqrt(max(1.0, n / m))", "return math.sqrt(max(1.0, m / n))",
@@ -121,13 +128,26 @@ MUTANTS = (
          'accelerator = auto_method(x.shape) if static_rtol else "svd"',
          (T_EXPORT,)),
   Mutant("pee-no-norm-slack", "polar_express_exact: ℓ = rtol (U's slack ignored)",
-         POLAR, "return min(float(rtol) / k ** 0.125, 0.5)",
+         SCHEDULES, "return min(float(rtol) / k ** 0.125, 0.5)",
          "return min(float(rtol), 0.5)", (T_POLAR,)),
-  Mutant("pee-no-damping", "polar_express_exact: no final damping step", POLAR,
+  Mutant("pee-no-damping", "polar_express_exact: no final damping step",
+         SCHEDULES,
          "  steps.append(_DAMPING)\n", "", (T_POLAR,)),
+  Mutant("rtol-range-unchecked", "rtol out of [0, 1) accepted (SVD methods)",
+         POLAR_ARGS, "if not 0 <= value < 1:", "if False:", (T_POLAR,)),
+  Mutant("traced-rtol-unchecked", "a traced rtol out of range gives a factor",
+         POLAR, "rtol_in_range = static_rtol or ((rtol >= 0) & (rtol < 1))",
+         "rtol_in_range = True", (T_POLAR,)),
+  Mutant("warning-at-library-line", "default-axes warning points into the library",
+         TRANSFORM, "stacklevel=_user_stacklevel())", "stacklevel=2)",
+         (T_FLAX_DIMS,)),
+  Mutant("flax-vectors-as-matrices", "flax_dimension_numbers: biases, norms labelled"
+         " as matrices", FLAX_DIMS,
+         "return NOT_A_MATRIX  # biases, norm scales and statistics: vectors",
+         "return DimensionNumbers(-2, -1)", (T_FLAX_DIMS,)),
   Mutant("precision-ignored", "polar: precision not passed to the iteration",
-         POLAR, "y = _polar_express_exact(wide, schedule, precision or \"float32\")",
-         "y = _polar_express_exact(wide, schedule, \"float32\")",
+         POLAR, "y = polar_express_iteration(wide, schedule, precision or \"float32\")",
+         "y = polar_express_iteration(wide, schedule, \"float32\")",
          (T_POLAR, T_TRANSFORM)),
 )
 

@@ -42,7 +42,7 @@ ZOO_SHAPES = ((16, 16), (24, 8), (8, 24))
 EDGE_SHAPES = ((1, 1), (1, 9), (9, 1), (2, 2000), (2000, 2))
 PROP_SHAPES = ZOO_SHAPES + ((1, 9), (9, 1), (1, 1))
 
-# Documented behaviour per method (see the "Guarantees" in polar.py):
+# Documented behaviour per method (see the guarantees in docs/guide/polar_methods.md):
 #   resolved: which reference directions count as resolved, as
 #     (threshold, "max" | "fro"): σ ≥ threshold·σ_max or ≥ threshold·‖G‖_F;
 #   band: the singular values resolved directions land in;
@@ -309,7 +309,7 @@ def _lapack_calls(fn, *args) -> list[str]:
 @pytest.mark.parametrize("method", [m for m in EXACT if m != "polar_express_exact"])
 def test_cpu_decomposes_stacks_one_matrix_at_a_time(method):
   """No batched LAPACK call on CPU: several in one program can deadlock
-  jaxlib's thread pool (see polar._per_matrix), unbatched ones do not."""
+  jaxlib's thread pool (see optax_egd.per_matrix), unbatched ones do not."""
   stacks = (jnp.ones((3, 8, 24)) + jnp.eye(8, 24),
             jnp.ones((2, 16, 6)) + jnp.eye(16, 6))
   kw = dict(rank=4, key=jax.random.key(0)) if method == "rsvd" else {}
@@ -804,7 +804,7 @@ def test_polar_express_steps_are_minimax(lower):
   has four extrema of equal size and alternating sign on [ℓ, u], and no
   point of the interval is worse. Checked on the first step (u = 1) before
   the 1.01 safety factor."""
-  polar_module = importlib.import_module("optax_egd.polar")
+  polar_module = importlib.import_module("optax_egd.polar_schedules")
   (a, b, c), err = polar_module._odd_quintic_minimax(lower, 1.0)
   xs = np.geomspace(lower, 1.0, 200001)
   e = 1 - (a * xs + b * xs**3 + c * xs**5)
@@ -870,7 +870,7 @@ def test_precision_accuracy_against_float64(precision):
 
 
 def test_tf32_rounding_keeps_ten_mantissa_bits():
-  polar_module = importlib.import_module("optax_egd.polar")
+  polar_module = importlib.import_module("optax_egd.polar_methods")
   x = jnp.array([1 + 2.0**-10, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 1 + 2.0**-12,
                  jnp.inf, -3.0], jnp.float32)
   y = np.asarray(polar_module._round_to_tf32(x))
