@@ -34,6 +34,7 @@ SCHEDULES = "optax_egd/polar_schedules.py"
 PER_MATRIX = "optax_egd/per_matrix.py"
 POLAR_ARGS = "optax_egd/polar_args.py"
 FLAX_DIMS = "optax_egd/flax_dimensions.py"
+DIMS = "optax_egd/dimension_numbers.py"
 T_FLAX_DIMS = "tests/test_flax_dimensions.py"
 TRANSFORM = "optax_egd/transform.py"
 BASELINES = "optax_egd/baselines.py"
@@ -139,7 +140,7 @@ MUTANTS = (
          POLAR, "rtol_in_range = static_rtol or ((rtol >= 0) & (rtol < 1))",
          "rtol_in_range = True", (T_POLAR,)),
   Mutant("warning-at-library-line", "default-axes warning points into the library",
-         TRANSFORM, "stacklevel=_user_stacklevel())", "stacklevel=2)",
+         DIMS, "stacklevel=user_stacklevel())", "stacklevel=2)",
          (T_FLAX_DIMS,)),
   Mutant("flax-vectors-as-matrices", "flax_dimension_numbers: biases, norms labelled"
          " as matrices", FLAX_DIMS,

@@ -13,12 +13,13 @@ from optax_egd.baselines import (
     grokfast_ma,
     orthograd,
 )
+from optax_egd.dimension_numbers import NOT_A_MATRIX, DimensionNumbers
 from optax_egd.distributed import Distribute
 from optax_egd.flax_dimensions import flax_dimension_numbers
 from optax_egd.polar import METHODS, PRECISIONS, auto_method, polar
 from optax_egd.recipe import egdm
 from optax_egd.spectrum import SpectrumInfo, spectrum
-from optax_egd.transform import NOT_A_MATRIX, DimensionNumbers, EGDState, egd
+from optax_egd.transform import EGDState, egd
 
 __version__ = "0.1.0"
 

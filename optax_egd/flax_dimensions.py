@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from optax_egd.transform import NOT_A_MATRIX, DimensionNumbers, _NotAMatrix
+from optax_egd.dimension_numbers import NOT_A_MATRIX, DimensionNumbers, NotAMatrix
 
 
 def _axes(first: int, count: int) -> tuple[int, ...]:
@@ -114,7 +114,7 @@ def _linen_kinds() -> tuple[tuple[type, ...], Any, tuple[type, ...]]:
 
 
 def _label(module: Any, name: str, shape: tuple[int, ...], where: str,
-           embeddings: bool, linen: bool) -> DimensionNumbers | _NotAMatrix | None:
+           embeddings: bool, linen: bool) -> DimensionNumbers | NotAMatrix | None:
   """The label of parameter ``name`` of ``module``; None: not known."""
   with_kernel, embed, vectors = _linen_kinds() if linen else _nnx_kinds()
   kernel: _Kernel | None

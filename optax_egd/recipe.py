@@ -32,16 +32,15 @@ import jax
 import optax
 
 from optax_egd import distributed
-from optax_egd.polar import Method
-from optax_egd.transform import (
-    NOT_A_MATRIX,
-    DimensionNumbers,
-    Scale,
-    _is_dims,
-    _leaf_dims,
-    egd,
-    warn_about_default_axes,
+from optax_egd.dimension_numbers import (
+  NOT_A_MATRIX,
+  DimensionNumbers,
+  check_spec,
+  leaf_dims,
+  warn_about_default_axes,
 )
+from optax_egd.polar import Method
+from optax_egd.transform import Scale, egd
 
 MATRIX = "egd"
 OTHER = "adam"
@@ -64,7 +63,7 @@ def _labels(dimension_numbers: Any) -> Callable[[Any], Any]:
     else:
       names = [MATRIX if d is not None and d is not NOT_A_MATRIX and (
                    getattr(x, "ndim", 0) >= 2 or own) else OTHER for x, (d, own) in zip(
-                   leaves, _leaf_dims(dimension_numbers, params), strict=True)]
+                   leaves, leaf_dims(dimension_numbers, params), strict=True)]
     return jax.tree.unflatten(treedef, names)
 
   return labels
@@ -184,11 +183,7 @@ def egdm(
       _check_nonnegative(name, value)
   if not isinstance(nesterov, bool):
     raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
-  if dimension_numbers is not None and not callable(dimension_numbers) and not all(
-      _is_dims(d) for d in jax.tree.leaves(dimension_numbers, is_leaf=_is_dims)):
-    raise TypeError(
-        "dimension_numbers must be None, a DimensionNumbers, a tree of"
-        f" DimensionNumbers/None or a callable, got {dimension_numbers!r}")
+  check_spec(dimension_numbers)
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
   labels = _labels(dimension_numbers)

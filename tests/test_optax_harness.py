@@ -50,7 +50,7 @@ import optax
 import pytest
 
 import optax_egd
-from optax_egd.transform import DimensionNumbers, _Matrixify
+from optax_egd.dimension_numbers import DimensionNumbers, Matrixify
 
 try:  # Under pytest; the 8-device subprocess runs this file as a script.
   from _helpers import count_compiles
@@ -471,9 +471,9 @@ def test_no_factory_takes_a_learning_rate() -> None:
         "4d_multiple_batch_axes", "4d_multiple_output_axes"])
 def test_reshape_inverse(input_shape: tuple[int, ...], dim_nums: Any,
                          expected_flat_shape: tuple[int, ...]) -> None:
-  """MuonTest.test_reshape_inverse (egd's _Matrixify for _compute_muon_reshape)."""
+  """MuonTest.test_reshape_inverse (egd's Matrixify for _compute_muon_reshape)."""
   x = jnp.arange(np.prod(input_shape), dtype=jnp.float32).reshape(input_shape)
-  layout = _Matrixify.of(input_shape, dim_nums)
+  layout = Matrixify.of(input_shape, dim_nums)
   reshaped_x = layout.to_stack(x)
   reconstructed_x = layout.from_stack(reshaped_x)
   # Check flat shape (batch, reduction, output).
