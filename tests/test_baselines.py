@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -349,16 +348,6 @@ def test_chain_with_sgd_under_jit(name):
   for _ in range(4):
     params, state = step(params, state)
   assert np.isfinite(loss(params)) and loss(params) < start
-
-
-@pytest.mark.parametrize("name", TRANSFORMS)
-def test_flax_nnx_state(name):
-  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
-  params = nnx.state(model, nnx.Param)
-  grads = jax.tree.map(jnp.ones_like, params)
-  tx = TRANSFORMS[name]()
-  out, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-  assert jax.tree.structure(out) == jax.tree.structure(params)
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import warnings
-
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,46 +172,6 @@ def test_schedule_learning_rate():
   np.testing.assert_allclose(one["w"], -0.01 * np_polar(g["w"]), atol=1e-6)
 
 
-def test_nnx_optimizer():
-  class Model(nnx.Module):
-
-    def __init__(self, rngs: nnx.Rngs) -> None:
-      self.l1 = nnx.Linear(4, 6, rngs=rngs)
-      self.l2 = nnx.Linear(6, 3, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-      return self.l2(jnp.tanh(self.l1(x)))
-
-  model = Model(nnx.Rngs(0))
-  x, y = jnp.asarray(_randn(44, 8, 4)), jnp.asarray(_randn(45, 8, 3))
-  optimizer = nnx.Optimizer(model, egdm(0.1, momentum=0.0), wrt=nnx.Param)
-  loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
-  before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
-  grads = nnx.grad(loss_fn)(model)
-  optimizer.update(model, grads)
-  after = nnx.state(model, nnx.Param)
-  kernel = np.asarray(grads["l1"]["kernel"][...])
-  np.testing.assert_allclose(
-    after["l1"]["kernel"][...] - before["l1"]["kernel"][...],
-    -0.1 * math.sqrt(6 / 4) * np_polar(kernel),
-    atol=2e-5,
-  )
-  bias = np.asarray(grads["l2"]["bias"][...])
-  np.testing.assert_allclose(
-    after["l2"]["bias"][...] - before["l2"]["bias"][...], -0.1 * np.sign(bias),
-    rtol=1e-4,
-  )
-
-  @nnx.jit
-  def step(model: Model, optimizer: nnx.Optimizer) -> jax.Array:
-    value, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return value
-
-  losses = [float(step(model, optimizer)) for _ in range(20)]
-  assert losses[-1] < losses[0]
-
-
 @pytest.mark.parametrize("kwargs,error,name", [
   (dict(momentum=1.0), ValueError, "momentum"),
   (dict(momentum=-0.1), ValueError, "momentum"),
@@ -232,133 +188,6 @@ def test_bad_arguments_raise_at_construction(kwargs, error, name):
   kwargs = {"learning_rate": 0.1, **kwargs}
   with pytest.raises(error, match=name):
     egdm(**kwargs)
-
-
-# --------------------------------------------------------------------------
-# Leaves with more than two axes, on real Flax NNX models: a model that scans
-# over stacked layers and a CNN.
-
-CONV = DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
-
-
-def kernels_by_name(params):
-  """The guide's callable: kernels are matrices (conv kernels flattened to
-  (h·w·in, out), stacked kernels a batch over the leading axis), the rest
-  (biases, also the 2-D stacked ones) AdamW."""
-
-  def dims(path, p):
-    if "kernel" not in jax.tree_util.keystr(path):
-      return None
-    return CONV if p.ndim == 4 else DimensionNumbers(-2, -1)
-
-  return jax.tree_util.tree_map_with_path(dims, params)
-
-
-class _Block(nnx.Module):
-
-  def __init__(self, d: int, rngs: nnx.Rngs) -> None:
-    self.linear = nnx.Linear(d, d, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return jnp.tanh(self.linear(x))
-
-
-class _Scanned(nnx.Module):
-  """Flax's scan-over-layers: LAYERS blocks created with nnx.vmap (kernels
-  (LAYERS, d, d), biases (LAYERS, d)) and applied with nnx.scan."""
-
-  def __init__(self, d: int, layers: int, rngs: nnx.Rngs) -> None:
-    @nnx.split_rngs(splits=layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def make(rngs: nnx.Rngs) -> _Block:
-      return _Block(d, rngs)
-
-    self.blocks = make(rngs)
-    self.head = nnx.Linear(d, 3, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
-    def body(x: jax.Array, block: _Block) -> jax.Array:
-      return block(x)
-
-    return self.head(body(x, self.blocks))
-
-
-class _CNN(nnx.Module):
-
-  def __init__(self, rngs: nnx.Rngs) -> None:
-    self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
-    self.dense = nnx.Linear(4, 5, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.dense(jax.nn.relu(self.conv(x)).mean(axis=(1, 2)))
-
-
-def _adamw_first_step(lr, g):
-  return -lr * g / (np.abs(g) + 1e-8)
-
-
-def _one_step(model, tx, x, y):
-  """Gradients, and the update one ``optimizer.update`` applies."""
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
-  before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
-  grads = nnx.grad(loss_fn)(model)
-  optimizer.update(model, grads)
-  after = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
-  return (jax.tree.map(np.asarray, grads),
-          jax.tree.map(lambda a, b: a - b, after, before))
-
-
-def test_default_warns_that_scanned_layers_take_adamw():
-  model = _Scanned(6, 3, nnx.Rngs(0))
-  with pytest.warns(UserWarning, match=r"egdm: with dimension_numbers=None.*take"
-                    r" AdamW, not EGD: \['blocks'\]\['linear'\]\['kernel'\]\S*"
-                    r" \(3, 6, 6\).*tree_map_with_path"):
-    nnx.Optimizer(model, egdm(0.1), wrt=nnx.Param)
-
-
-def test_scanned_layers_each_get_egd_with_kernels_by_name():
-  model = _Scanned(6, 3, nnx.Rngs(0))
-  x, y = jnp.asarray(_randn(50, 8, 6)), jnp.asarray(_randn(51, 8, 3))
-  with warnings.catch_warnings():
-    warnings.filterwarnings("error", message="egdm")  # explicit: no warning
-    grads, delta = _one_step(
-        model, egdm(0.1, momentum=0.0, dimension_numbers=kernels_by_name), x, y)
-  g, d = grads["blocks"]["linear"], delta["blocks"]["linear"]
-  for layer in range(3):  # each layer its own 6x6 polar factor (scale 1)
-    np.testing.assert_allclose(d["kernel"][layer],
-                               -0.1 * np_polar(g["kernel"][layer]), atol=2e-5)
-  # The stacked biases are 2-D but no matrices: AdamW's first step.
-  np.testing.assert_allclose(d["bias"], _adamw_first_step(0.1, g["bias"]),
-                             rtol=1e-4)
-  np.testing.assert_allclose(delta["head"]["kernel"],
-                             -0.1 * np_polar(grads["head"]["kernel"]), atol=2e-5)
-
-
-def test_default_warns_about_a_conv_kernel_and_a_callable_gives_it_egd():
-  x, y = jnp.asarray(_randn(52, 8, 5, 5, 2)), jnp.asarray(_randn(53, 8, 5))
-  with pytest.warns(UserWarning, match=r"\['conv'\]\['kernel'\]\S* \(3, 3, 2, 4\)"):
-    grads, delta = _one_step(_CNN(nnx.Rngs(0)), egdm(0.1, momentum=0.0), x, y)
-  # The default: AdamW on the conv kernel (optax.contrib.muon's choice).
-  np.testing.assert_allclose(delta["conv"]["kernel"],
-                             _adamw_first_step(0.1, grads["conv"]["kernel"]),
-                             rtol=1e-4)
-  # (The per-leaf tree form is checked on the same tree in test_transform.)
-  for dims in (kernels_by_name, {"conv": CONV, "dense": DimensionNumbers(0, 1)}):
-    grads, delta = _one_step(
-        _CNN(nnx.Rngs(0)), egdm(0.1, momentum=0.0, dimension_numbers=dims), x, y)
-    k = grads["conv"]["kernel"]  # one (3·3·2) x 4 matrix; muon scale 1
-    np.testing.assert_allclose(
-        delta["conv"]["kernel"],
-        -0.1 * np_polar(k.reshape(18, 4)).reshape(k.shape), atol=2e-5)
-    for layer in ("conv", "dense"):  # biases: AdamW
-      np.testing.assert_allclose(delta[layer]["bias"],
-                                 _adamw_first_step(0.1, grads[layer]["bias"]),
-                                 rtol=1e-4)
-    np.testing.assert_allclose(
-        delta["dense"]["kernel"],
-        -0.1 * math.sqrt(5 / 4) * np_polar(grads["dense"]["kernel"]), atol=2e-5)
 
 
 def test_a_single_dimension_numbers_makes_every_leaf_with_two_axes_a_matrix():

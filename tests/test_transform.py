@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import subprocess
@@ -9,7 +10,6 @@ import sys
 import textwrap
 
 from _helpers import count_compiles
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -551,34 +551,6 @@ def test_apply_if_finite_skips_nan_gradient(where):
                              atol=2e-5)
 
 
-def test_nnx_optimizer():
-  class Model(nnx.Module):
-
-    def __init__(self, rngs):
-      self.l1 = nnx.Linear(4, 6, rngs=rngs)
-      self.l2 = nnx.Linear(6, 3, rngs=rngs)
-
-    def __call__(self, x):
-      return self.l2(jnp.tanh(self.l1(x)))
-
-  model = Model(nnx.Rngs(0))
-  x, y = jnp.asarray(_randn(44, 8, 4)), jnp.asarray(_randn(45, 8, 3))
-  tx = optax.chain(egd(method="svd"), optax.sgd(0.1))
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
-  before = nnx.state(model, nnx.Param)
-  before = jax.tree.map(np.asarray, before)
-  grads = nnx.grad(loss_fn)(model)
-  optimizer.update(model, grads)
-  after = nnx.state(model, nnx.Param)
-  np.testing.assert_allclose(
-      after["l1"]["kernel"][...] - before["l1"]["kernel"][...],
-      -0.1 * np_polar(grads["l1"]["kernel"][...]), atol=2e-5)
-  np.testing.assert_allclose(
-      after["l2"]["bias"][...] - before["l2"]["bias"][...],
-      -0.1 * np.asarray(grads["l2"]["bias"][...]), rtol=1e-5, atol=1e-7)
-
-
 # --------------------------------------------------------------------------
 # Bad configuration.
 
@@ -647,9 +619,9 @@ def test_good_configurations_construct():
   egd(enabled=jnp.asarray(False))
   egd(dimension_numbers=DimensionNumbers())
   egd(dimension_numbers={"a": CONV, "b": None, "c": [None, CONV]})
-  # Any pytree of DimensionNumbers, not only dicts (FrozenDict, nnx.State).
-  from flax.core import FrozenDict
-  egd(dimension_numbers=FrozenDict({"a": CONV}))
+  # Any pytree of DimensionNumbers, not only dicts (also FrozenDict and
+  # nnx.State: tests/test_flax_models.py).
+  egd(dimension_numbers=collections.OrderedDict({"a": CONV}))
   # Arguments given with the method that uses them, defaults spelled out.
   egd(method="rsvd", rank=2, oversample=10, power_iters=2)
   egd(method="newton_schulz", ns_steps=5)
@@ -700,91 +672,6 @@ def test_several_stacked_shapes_do_not_hang():
                         capture_output=True, text=True, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == "done"
-
-
-# --------------------------------------------------------------------------
-# dimension_numbers on the trees Flax NNX and linen produce: a CNN with a conv
-# layer and a dense layer, each with a kernel and a bias.
-
-
-def _nnx_cnn_params():
-  class CNN(nnx.Module):
-
-    def __init__(self, rngs):
-      self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
-      self.dense = nnx.Linear(4, 5, rngs=rngs)
-
-  return nnx.state(CNN(nnx.Rngs(0)), nnx.Param)  # an nnx.State of nnx.Params
-
-
-def _linen_cnn_params():
-  import flax.linen as nn
-
-  class CNN(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-      x = nn.Conv(4, (3, 3))(x)
-      return nn.Dense(5)(x.mean(axis=(1, 2)))
-
-  return CNN().init(jax.random.key(0), jnp.ones((1, 6, 6, 2)))
-
-
-def _check_cnn(updates, grads, conv_kernel, dense_kernel, biases):
-  np.testing.assert_allclose(conv_kernel(updates),
-                             _conv_reference(np.asarray(conv_kernel(grads))),
-                             atol=2e-5)
-  assert_polar(dense_kernel(updates), dense_kernel(grads))
-  for bias in biases:
-    np.testing.assert_array_equal(bias(updates), bias(grads))
-
-
-_BY_NDIM = lambda params: jax.tree.map(  # noqa: E731
-    lambda p: CONV if p.ndim == 4 else None, params)
-
-
-@pytest.mark.parametrize("form", ["subtree", "per_leaf", "callable"])
-def test_conv_dimension_numbers_on_an_nnx_cnn(form):
-  params = _nnx_cnn_params()
-  grads = jax.tree.map(lambda p: jnp.asarray(_randn(p.size, *p.shape)), params)
-  dims = {"subtree": {"conv": CONV, "dense": None},
-          "per_leaf": {"conv": {"kernel": CONV, "bias": None}, "dense": None},
-          "callable": _BY_NDIM}[form]
-  updates, _ = run(egd(method="svd", dimension_numbers=dims), grads)
-  _check_cnn(updates, grads, lambda t: t["conv"]["kernel"][...],
-             lambda t: t["dense"]["kernel"][...],
-             [lambda t: t["conv"]["bias"][...], lambda t: t["dense"]["bias"][...]])
-
-
-@pytest.mark.parametrize("form", ["subtree", "per_leaf", "callable"])
-def test_conv_dimension_numbers_on_a_linen_cnn(form):
-  params = _linen_cnn_params()
-  grads = jax.tree.map(lambda p: jnp.asarray(_randn(p.size, *p.shape)), params)
-  dims = {"subtree": {"params": {"Conv_0": CONV, "Dense_0": None}},
-          "per_leaf": {"params": {"Conv_0": {"kernel": CONV, "bias": None},
-                                  "Dense_0": None}},
-          "callable": _BY_NDIM}[form]
-  updates, _ = run(egd(method="svd", dimension_numbers=dims), grads)
-  _check_cnn(updates, grads, lambda t: t["params"]["Conv_0"]["kernel"],
-             lambda t: t["params"]["Dense_0"]["kernel"],
-             [lambda t: t["params"]["Conv_0"]["bias"],
-              lambda t: t["params"]["Dense_0"]["bias"]])
-
-
-@pytest.mark.parametrize("dims,match", [
-    # The conv numbers for a subtree that also holds a dense kernel.
-    ({"conv": CONV, "dense": CONV},
-     r"\['dense'\]\['kernel'\].*of shape \(4, 5\): axis 2 is out of range.*"
-     r"\{'conv': \{'kernel': conv, 'bias': None\}.*lambda params: jax.tree.map"),
-    # A name the params do not have (a typo) and a leaf with no entry.
-    ({"conv": CONV, "Dense": None}, r"no entry for leaf \['dense'\]\['bias'\]"),
-    ({"conv": CONV, "dense": None, "head": None},
-     r"names \['head'\], which is not in the params"),
-])
-def test_dimension_numbers_messages_give_the_fix(dims, match):
-  tx = egd(method="svd", dimension_numbers=dims)
-  with pytest.raises(ValueError, match=match):
-    tx.init(_nnx_cnn_params())
 
 
 def test_a_dimension_numbers_given_for_a_vector_leaf_itself_must_fit_it():
