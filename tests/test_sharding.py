@@ -40,14 +40,19 @@ def _cpu_env(devices: int) -> dict[str, str]:
   return env
 
 
-@pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
+def _worker(*names: str) -> dict[str, Any]:
   """``{check: None or traceback}`` from the 8-device worker."""
-  done = subprocess.run([sys.executable, str(WORKER)], env=_cpu_env(8),
+  done = subprocess.run([sys.executable, str(WORKER), *names], env=_cpu_env(8),
                         text=True, capture_output=True, timeout=600,
                         check=False)
   assert done.returncode == 0, done.stderr[-4000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+  """Every check of the worker but its ``FULL`` ones."""
+  return _worker()
 
 
 def test_sharded_updates_match_one_device(report: dict[str, Any]) -> None:
@@ -59,9 +64,17 @@ def test_worker_ran_every_kind_of_check(report: dict[str, Any]) -> None:
   for name in ("auto", "auto/distribute=all", "auto/distribute=model",
                "auto/distribute=gather", "explicit", "explicit/distribute=all",
                "explicit/distribute=set_mesh", "explicit/distribute=gather",
-               "rsvd_low_rank", "train_step", "egdm_keeps_momentum_sharded",
-               "owner_moves_less"):
+               "rsvd_low_rank", "train_step", "owner_moves_less"):
     assert name in report
+
+
+@pytest.mark.full  # egdm on two meshes, two steps each: ~15 s
+def test_egdm_matches_one_device_and_keeps_momentum_sharded() -> None:
+  """egdm with owner-compute on FSDP, tensor and 2-D layouts (auto, explicit)."""
+  report = _worker("egdm_keeps_momentum_sharded")
+  assert list(report) == ["egdm_keeps_momentum_sharded"]
+  assert report["egdm_keeps_momentum_sharded"] is None, (
+      report["egdm_keeps_momentum_sharded"])
 
 
 def test_one_device_mesh_is_a_no_op() -> None:
