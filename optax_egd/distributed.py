@@ -481,9 +481,11 @@ def unstack_leaf(from_stack: Callable[[jax.Array], jax.Array], stack: jax.Array,
   """
   out = from_stack(stack)
   got = getattr(jax.typeof(out), "sharding", None)
-  if not isinstance(got, NamedSharding) or all(s is None for s in got.spec):
-    return out
-  want = _explicit_sharding(leaf) or NamedSharding(got.mesh, P())
+  want = _explicit_sharding(leaf)
+  if want is None:  # A replicated leaf: replicate a sharded result.
+    if not isinstance(got, NamedSharding) or all(s is None for s in got.spec):
+      return out
+    want = NamedSharding(got.mesh, P())
   return out if got == want else jax.sharding.reshard(out, want)
 
 

@@ -158,6 +158,8 @@ def checks() -> dict[str, Callable[[], None]]:
          [1, 3, 5])):
       if kind == "explicit" and tag == "/distribute=model":
         continue  # the same code path as "all" there
+      if kind == "auto" and tag == "/distribute=gather":
+        continue  # the path of auto/distribute=all before owner-compute
       found[f"{kind}{tag}"] = (
           lambda m=mesh, d=dist, b=batches: same_as_one_device(m, d, b))
 
@@ -227,6 +229,27 @@ def checks() -> dict[str, Callable[[], None]]:
             assert got.is_equivalent_to(p.sharding, p.ndim), (
                 f"momentum {la}/{k}: {got} is not {p.sharding}")
 
+  def conv_kernels() -> None:
+    """Matrix axes merged from several leaf axes, sharded on either side.
+
+    (3, 3, 16@data, 32@model) merges a sharded minor axis into the rows, a
+    layout a reshape cannot carry (gathered whole first); (4@data, 3, 16,
+    32@model) merges a sharded major one (stays sharded).
+    """
+    dims = optax_egd.DimensionNumbers((0, 1, 2), 3)
+    rng = np.random.default_rng(1)
+    kernels = {"minor": rng.standard_normal((3, 3, 16, 32), np.float32),
+               "major": rng.standard_normal((4, 3, 16, 32), np.float32)}
+    want = _update(optax_egd.egd(method="svd", dimension_numbers=dims), kernels)
+    specs = {"minor": P(None, None, "data", "model"),
+             "major": P("data", None, None, "model")}
+    for mesh in (explicit, auto):
+      placed = {"conv": {k: jax.device_put(v, NamedSharding(mesh, specs[k]))
+                         for k, v in kernels.items()}}
+      tx = optax_egd.egd(method="svd", dimension_numbers=dims,
+                         distribute=mesh)
+      _compare(_update(tx, placed, pin=mesh is auto), want, placed)
+
   def owner_moves_less() -> None:
     """FSDP rows: all-to-alls instead of all-gathers, less memory and traffic."""
     from benchmarks.fsdp import collective_bytes  # noqa: PLC0415
@@ -249,7 +272,7 @@ def checks() -> dict[str, Callable[[], None]]:
       assert temp < 0.6 * temp_gather, cost
 
   for fn in (rsvd_low_rank, disabled_is_identity, train_step,
-             egdm_keeps_momentum_sharded, owner_moves_less):
+             egdm_keeps_momentum_sharded, conv_kernels, owner_moves_less):
     found[fn.__name__] = fn
   return found
 

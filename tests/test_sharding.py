@@ -62,9 +62,10 @@ def test_sharded_updates_match_one_device(report: dict[str, Any]) -> None:
 
 def test_worker_ran_every_kind_of_check(report: dict[str, Any]) -> None:
   for name in ("auto", "auto/distribute=all", "auto/distribute=model",
-               "auto/distribute=gather", "explicit", "explicit/distribute=all",
+               "explicit", "explicit/distribute=all",
                "explicit/distribute=set_mesh", "explicit/distribute=gather",
-               "rsvd_low_rank", "train_step", "owner_moves_less"):
+               "rsvd_low_rank", "train_step", "conv_kernels",
+               "owner_moves_less"):
     assert name in report
 
 
