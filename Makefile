@@ -66,6 +66,7 @@ bench: $(VENV)/.experiments
 	$(BIN)/python -m benchmarks.polar --quick --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.step --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.layer_parallel --quick --out $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.fsdp --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.grok --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.cost_model --out $(BENCH_OUT)
 

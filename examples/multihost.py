@@ -4,9 +4,11 @@ Every process runs this same script. ``jax.distributed.initialize`` joins the
 processes, ``jax.make_mesh`` builds one mesh over *all* their devices, the
 parameters are sharded over it (FSDP: each matrix split along its rows), each
 process feeds its own slice of the batch, and
-``optax_egd.egd(distribute=mesh)`` decomposes every weight gradient on one
-device only and gathers the results. Nothing in ``optax_egd`` knows how many
-processes there are: it uses only ``jax.sharding`` and ``jax.shard_map``.
+``optax_egd.egd(distribute=mesh)`` moves every weight gradient whole to the
+one device that decomposes it (an all-to-all) and sends the result's shards
+back, so the updates stay sharded like the parameters. Nothing in
+``optax_egd`` knows how many processes there are: it uses only
+``jax.sharding`` and ``jax.shard_map``.
 
 Launch:
 
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   devices = jax.device_count()  # global: all processes' devices
   # Explicit axes (make_mesh's default): arrays carry their sharding in their
-  # types; egd reshards a gradient to whole matrices where it decomposes and
+  # types; egd moves each gradient matrix whole to its owner device and
   # returns updates with the gradients' sharding.
   mesh = jax.make_mesh((devices,), ("fsdp",))
   jax.set_mesh(mesh)

@@ -189,13 +189,16 @@ def egd(
       leaf with no entry or an entry that names no leaf.
     enabled: initial value of ``state.enabled``.
     distribute: layer-parallel decompositions: an
-      :class:`optax_egd.Distribute` (a mesh and axis names) or a
-      ``jax.sharding.Mesh`` (all its axes). Each same-shape group of matrices
-      is split over those D devices (zero-padded to a multiple of D), every
-      matrix is decomposed on one device only, and the results are gathered;
-      see :mod:`optax_egd.distributed`. ``None``: every device decomposes
-      every matrix. Sharded gradients work either way, on auto or explicit
-      mesh axes.
+      :class:`optax_egd.Distribute` (a mesh, axis names, a mode) or a
+      ``jax.sharding.Mesh`` (all its axes). Every matrix is decomposed on one
+      of those D devices only. By default (``mode="owner"``) each matrix is
+      moved whole to its owner with an all-to-all and its result's shards are
+      sent back, so the update keeps the gradient's sharding and per-device
+      memory and traffic fall as 1/D (FSDP); ``mode="gather"`` gathers
+      gradients and results whole on every device. See
+      :mod:`optax_egd.distributed`. ``None``: every device decomposes every
+      matrix. Sharded gradients work either way, on auto or explicit mesh
+      axes.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state :class:`EGDState`.
@@ -261,22 +264,38 @@ def egd(
         groups.setdefault((m, n, compute_dtype(leaf.dtype)),
                           []).append(i)
     out = list(leaves)
-    for g, ((m, n, dtype), members) in enumerate(sorted(
-        groups.items(), key=lambda kv: kv[1][0])):
-      stacks = [layouts[i].to_stack(leaves[i]).astype(dtype) for i in members]
-      sizes = [s.shape[0] for s in stacks]
-      merged = stacks[0] if len(stacks) == 1 else jnp.concatenate(stacks)
-      result = distributed.map_matrices(
+    ordered = sorted(groups.items(), key=lambda kv: kv[1][0])
+    plans = owner_plans([(sum(layouts[i].stacked_shape[0] for i in members),
+                          m, n) for (m, n, _), members in ordered])
+    token = None  # Owner mode: one group's matrices move after another's.
+    for g, ((m, n, dtype), members) in enumerate(ordered):
+      stacks = [distributed.stack_leaf(layouts[i].to_stack, leaves[i],
+                                       layer_parallel).astype(dtype)
+                for i in members]
+      parts, token = distributed.map_group(
           lambda x, k, r: polar(
               x, method, rtol=r, rank=rank, oversample=oversample,
               power_iters=power_iters, ns_steps=ns_steps, key=k,
               precision=precision),
-          merged, jax.random.fold_in(step_key, g), layer_parallel, rtol)
-      result = result * _shape_scale(scale, m, n)
-      parts = jnp.split(result, np.cumsum(sizes)[:-1])
+          stacks, jax.random.fold_in(step_key, g), layer_parallel, plans[g],
+          rtol, after=token)
       for i, part in zip(members, parts, strict=True):
-        out[i] = layouts[i].from_stack(part).astype(leaves[i].dtype)
+        out[i] = distributed.unstack_leaf(
+            layouts[i].from_stack, part * _shape_scale(scale, m, n),
+            leaves[i]).astype(leaves[i].dtype)
     return jax.tree.unflatten(treedef, out)
+
+  def owner_plans(shapes: list[tuple[int, int, int]]
+                  ) -> list[distributed.OwnerPlan | None]:
+    """Owner-mode plans per group (see ``distributed.plan_owners``)."""
+    owners = distributed.owners_of(layer_parallel)
+    if owners == 1:
+      return [None] * len(shapes)
+    plans, _ = distributed.plan_owners([(b, distributed.polar_flops(
+        m, n, method, rank=rank, oversample=oversample,
+        power_iters=power_iters, ns_steps=ns_steps)) for b, m, n in shapes],
+                                       owners)
+    return [*plans]
 
   def update_fn(
       updates: optax.Updates,
@@ -290,7 +309,8 @@ def egd(
     enabled_now = jnp.asarray(state.enabled, jnp.bool_)
     updates = jax.lax.cond(
         enabled_now,
-        lambda u: distributed.with_whole_matrices(precondition, u, step_key),
+        lambda u: distributed.with_whole_matrices(
+            precondition, u, step_key, distribute=layer_parallel),
         lambda u: u,
         updates)
     return updates, EGDState(
