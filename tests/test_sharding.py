@@ -37,6 +37,9 @@ def _cpu_env(devices: int) -> dict[str, str]:
       [*flags, f"--xla_force_host_platform_device_count={devices}"])
   env["JAX_PLATFORMS"] = "cpu"
   env.setdefault("OPENBLAS_NUM_THREADS", "1")
+  # The worker reads the benchmark's HLO parser (benchmarks.fsdp).
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (str(WORKER.parents[1]), env.get("PYTHONPATH")) if p)
   return env
 
 
