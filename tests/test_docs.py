@@ -26,7 +26,7 @@ OPENREVIEW = "https://openreview.net/forum?id=wCnHeql3ow"
 # Directives that put a Python object into the API reference.
 _API_DIRECTIVE = re.compile(
     r"^\.\. (?:autofunction|autoclass|autodata|py:function|py:class|py:data)::"
-    r"\s+optax_egd\.(\w+)", re.MULTILINE)
+    r"\s+optax_egd\.(\w+)(?![.\w])", re.MULTILINE)  # not optax_egd.polar.X
 
 
 def _pyproject() -> dict:
