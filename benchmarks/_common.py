@@ -27,7 +27,6 @@ import optax
 
 from experiments import _threads, models, optimizers, tasks, train
 from experiments._machine import cpu_model
-import optax_egd
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 """The committed reference results; written only when ``--out`` names it."""
@@ -318,18 +317,15 @@ def paper_mlp_gradients(sgd_epochs: int = 1, seed: int = 0
 def egd_sgd(method: str, config: optimizers.OptimizerConfig,
             only: models.Path | None = None) -> optax.GradientTransformation:
   """``egd(method)`` on every kernel (or only the kernel at path ``only``),
-  chained with :mod:`experiments.optimizers`' SGD.
+  chained with SGD: the registry's ``egd`` / ``egd-first-layer`` (``egd-rsvd``
+  / ``egd-rsvd-first-layer`` for ``"rsvd"``) with polar method ``method``.
 
-  Mirrors ``experiments.optimizers``' ``egd`` / ``egd-first-layer`` with an
-  explicit polar ``method`` (those use ``"auto"``); ``only=first_kernel``
-  with ``method="svd"`` is the official scripts' configuration.
+  ``only=first_kernel`` with ``method="svd"`` is the official scripts'
+  configuration.
   """
-  egd = optax_egd.egd(
-      method, rank=config.rank if method == "rsvd" else None,
-      dimension_numbers=models.matrix_dimension_numbers, key=config.seed)
-  if only is None:
-    mask: Any = models.kernel_mask
-  else:
-    mask = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: models.path_keys(path) == only, params)
-  return optax.chain(optax.masked(egd, mask), optimizers.base("sgd", config))
+  name = "egd-rsvd" if method == "rsvd" else "egd"
+  if only is not None:
+    name += "-first-layer"
+  config = dataclasses.replace(config, polar_method=method)
+  return optimizers.build(name, config, models.MLP.first_kernel if only is None
+                          else only)

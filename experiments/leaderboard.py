@@ -57,7 +57,7 @@ import sys
 import time
 from typing import Any
 
-from experiments import _cli, _threads, grok, optimizer_names
+from experiments import _cli, _threads, grok, registry
 from experiments._machine import machine
 
 DEFAULT_JSONL = pathlib.Path("experiments/results/leaderboard.jsonl")
@@ -193,20 +193,6 @@ QUICK_TASKS = ("add97-mlp",)
 QUICK_OPTIMIZERS = ("baseline", "egd")
 QUICK_CAP_STEPS = 8
 
-# Learning rates at the centre of each grid: the papers' where they exist (SGD
-# and EGD: the EGD paper's; AdamW 1e-3: Grokfast's and Power et al.'s; Muon
-# and egdm: the best of experiments/results/grokfast_sweep.json on the
-# transformer), else the nearest measured value in experiments/results.
-_SGD_LR = {"mlp": 0.7, "parity": None, "transformer": 0.05, "mnist": 0.05}
-_CENTRE = {
-  "egdm": {"mlp": 0.1, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
-  "adam-egd": {"mlp": 0.05, "parity": 0.01, "transformer": 0.02, "mnist": 0.1},
-  "muon": {"mlp": 0.06, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
-  "adamw": {"mlp": 1e-3, "parity": 1e-3, "transformer": 1e-3, "mnist": 1e-3},
-}
-_WEIGHT_DECAYS = {"adamw": (0.1, 1.0), "other": (0.0, 0.1)}
-
-
 def grok_optimizer(task: str, name: str) -> tuple[str, tuple[str, ...]]:
   """The :mod:`experiments.grok` optimizer name of leaderboard optimizer
   ``name`` on ``task``, and any extra grok options it needs.
@@ -228,34 +214,15 @@ def grok_optimizer(task: str, name: str) -> tuple[str, tuple[str, ...]]:
   return name, ()
 
 
-def _lr_key(grok_name: str) -> str:
-  if grok_name == "muon":
-    return "muon_lr"
-  if grok_name == "adamw" or grok_name.endswith("-adamw"):
-    return "adam_lr"
-  return "lr"
-
-
-def _wd_key(grok_name: str) -> str | None:
-  if grok_name == "egdm":
-    return "weight_decay"
-  if grok_name in ("muon", "adam-egd", "adamw") or grok_name.endswith("-adamw"):
-    return "adam_weight_decay"
-  return None  # SGD-based: the task's l2 in the loss, not tuned
-
-
-def _centre(task: str, grok_name: str) -> float:
+def _centre(task: str, spec: registry.OptimizerSpec) -> float:
+  """The learning rate at the centre of ``spec``'s grid on ``task``."""
   family = TASKS[task].family
-  key = _lr_key(grok_name)
-  if key == "adam_lr":
-    return _CENTRE["adamw"][family]
-  if key == "muon_lr":
-    return _CENTRE["muon"][family]
-  if grok_name in _CENTRE:
-    return _CENTRE[grok_name][family]
+  centre = spec.centres.get(family)
+  if centre is not None:
+    return centre
   if family == "parity":  # the EGD paper's per-k learning rate
     return grok._PARITY[int(TASKS[task].argv[-1])]["lr"]  # type: ignore[return-value]
-  return _SGD_LR[family]  # type: ignore[return-value]
+  raise ValueError(f"{spec.name} has no grid centre for the {family} tasks")
 
 
 def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
@@ -264,25 +231,19 @@ def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
   Learning-rate-only optimizers: the centre learning rate times
   :data:`LR_FACTORS` (the first ``trials``, widest spread kept); with a
   weight decay: :data:`WD_LR_FACTORS` × two decays (0.1 and 1 for AdamW, 0
-  and 0.1 for the others). A ValueError if the optimizer does not read a
-  knob its grid would tune (:data:`experiments.optimizer_names.KNOBS`).
+  and 0.1 for the others). The knobs and the centre are the optimizer's
+  registry entry's (:attr:`experiments.registry.OptimizerSpec.tune` and
+  ``centre``).
   """
   grok_name, _ = grok_optimizer(task, name)
-  lr_key, wd_key = _lr_key(grok_name), _wd_key(grok_name)
-  for key in (lr_key, wd_key):
-    # Tuning a knob the optimizer does not read is the same run, `trials` times.
-    if key is not None and key not in optimizer_names.KNOBS[grok_name]:
-      raise ValueError(
-        f"{name} on {task}: {grok_name} does not read {key} "
-        f"(it reads {', '.join(optimizer_names.KNOBS[grok_name])}); "
-        "no grid tunes it"
-      )
-  centre = _centre(task, grok_name)
+  spec = registry.get(grok_name)
+  lr_key, wd_key = (*spec.tuned, None)[:2]
+  centre = _centre(task, spec)
   rounded = lambda v: float(f"{v:.4g}")
   if wd_key is None:
     factors = LR_FACTORS if trials == len(LR_FACTORS) else LR_FACTORS[1 : 1 + trials]
     return [{lr_key: rounded(centre * f)} for f in factors][:trials]
-  decays = _WEIGHT_DECAYS["adamw" if lr_key == "adam_lr" else "other"]
+  decays = registry.ADAMW_DECAYS if lr_key == "adam_lr" else registry.OTHER_DECAYS
   configs = [
     {lr_key: rounded(centre * f), wd_key: d} for d in decays for f in WD_LR_FACTORS
   ]

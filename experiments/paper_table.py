@@ -41,7 +41,7 @@ from typing import Any
 
 import jax
 
-from experiments import _cli, _threads, grok, optimizers
+from experiments import _cli, _threads, grok, optimizers, registry
 from experiments._machine import cpu_model
 
 # Task id → the ``experiments.grok`` options that select it.
@@ -58,15 +58,6 @@ TASKS: dict[str, tuple[str, ...]] = {
   },
 }
 OPTIMIZERS = ("sgd", "egd-first-layer", "egd-rsvd-first-layer", "column-norm")
-LABELS = {
-  "sgd": "SGD",
-  "egd": "EGD (SVD, every matrix)",
-  "egd-first-layer": "EGD (SVD)",
-  "egd-rsvd-first-layer": "EGD (RSVD)",
-  "column-norm": "column norm",
-  "momentum-egd-first-layer": "EGD on momentum (first layer)",
-  "adam-egd": "Adam → EGD",
-}
 BASELINE = "sgd"
 QUICK = dict(tasks="add-97,parity-400-2", seeds=1, max_epochs=300)
 TARGET = 0.95
@@ -257,7 +248,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
   ]
   for row in rows:
     lines.append(
-      f"| {row['task']} | {LABELS.get(row['optimizer'], row['optimizer'])} "
+      f"| {row['task']} | {registry.get(row['optimizer']).shown} "
       f"| {row['reached']}/{row['runs']} | {_cell(row['epochs'], 0)} "
       f"| {_cell(row['seconds'], 1)} | {row['epochs_vs_sgd'] or '–'} "
       f"| {row['seconds_vs_sgd'] or '–'} |"
