@@ -271,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     help=f"comma-separated, from: {', '.join(registry.NAMES)} (default egd; "
     f"{registry.GROKFAST_DEFAULT} for --preset grokfast)",
   )
+  opt.add_argument(
+    "--plugin",
+    action="append",
+    metavar="FILE.py|MODULE",
+    help="a Python file or module defining an experiments.registry.OptimizerSpec: "
+    "its optimizers join the --optimizer choices (repeatable)",
+  )
   for name, kind in _OPTIMIZER_FIELDS.items():
     kind = _knob_type(name, kind)
     opt.add_argument(
@@ -477,6 +484,11 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
       setattr(args, name, getattr(registry.OptimizerConfig(), name))
   if args.task == "parity" and args.n is None:
     _error(f"--task parity --k {args.k} has no preset: give --n")
+  for source in args.plugin or ():
+    try:
+      registry.load_plugin(source)
+    except ValueError as error:
+      _error(f"argument --plugin: {error}")
   args.optimizers = _cli.name_list(args.optimizer)
   problem = _cli.check_names(
     "argument --optimizer", args.optimizers, tuple(registry.SPECS)

@@ -217,12 +217,12 @@ def grok_optimizer(task: str, name: str) -> tuple[str, tuple[str, ...]]:
 def _centre(task: str, spec: registry.OptimizerSpec) -> float:
   """The learning rate at the centre of ``spec``'s grid on ``task``."""
   family = TASKS[task].family
-  centre = spec.centres.get(family)
+  centre = spec.centres[family]
   if centre is not None:
     return centre
   if family == "parity":  # the EGD paper's per-k learning rate
     return grok._PARITY[int(TASKS[task].argv[-1])]["lr"]  # type: ignore[return-value]
-  raise ValueError(f"{spec.name} has no grid centre for the {family} tasks")
+  raise ValueError(f"{spec.name}: no learning rate of its own on {task}")
 
 
 def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
@@ -260,9 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--optimizers",
-    help=f"comma-separated, from: {', '.join(OPTIMIZERS)} (default: each "
+    help=f"comma-separated, from: {', '.join(OPTIMIZERS)}, or any --optimizer of "
+    "python -m experiments.grok or a --plugin (default: each "
     "task's own list: all of them, the MLP variants "
     f"{', '.join(VARIANT_OPTIMIZERS)})",
+  )
+  p.add_argument(
+    "--plugin",
+    action="append",
+    metavar="FILE.py|MODULE",
+    help="a Python file or module defining an experiments.registry.OptimizerSpec "
+    "(see docs/leaderboard.md, 'Add your optimizer'): its optimizers are tuned and "
+    "evaluated like the others, and run by default instead of the built-in ones "
+    "(repeatable)",
   )
   p.add_argument(
     "--phase",
@@ -300,18 +310,39 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def choices() -> tuple[str, ...]:
+  """The ``--optimizers`` choices: :data:`OPTIMIZERS`, then every registered
+  optimizer (plugins loaded so far included).
+
+  >>> choices()[:3], "sgd" in choices()
+  (('baseline', 'egd-first-layer', 'egd'), True)
+  """
+  return tuple(dict.fromkeys([*OPTIMIZERS, *registry.SPECS]))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """Parse and check the options; a bad one is a one-line usage error."""
   p = build_parser()
   args = p.parse_args(argv)
+  plugins: list[str] = []
+  for source in args.plugin or ():
+    try:
+      plugins += [spec.name for spec in registry.load_plugin(source)]
+    except ValueError as error:
+      p.error(f"argument --plugin: {error}")
+    clash = [name for name in plugins if name in OPTIMIZERS]
+    if clash:
+      p.error(f"argument --plugin: {source}: {clash[0]!r} is a leaderboard name")
   tasks = QUICK_TASKS if args.quick else tuple(TASKS)
   args.task_ids = _cli.name_list(args.tasks) if args.tasks is not None else list(tasks)
   problem = _cli.check_names("argument --tasks", args.task_ids, tuple(TASKS))
   if args.optimizers is not None:
     args.optimizer_names = _cli.name_list(args.optimizers)
     problem = problem or _cli.check_names(
-      "argument --optimizers", args.optimizer_names, tuple(OPTIMIZERS)
+      "argument --optimizers", args.optimizer_names, choices()
     )
+  elif plugins:
+    args.optimizer_names = plugins
   else:
     args.optimizer_names = list(QUICK_OPTIMIZERS) if args.quick else None
   if problem:
@@ -360,6 +391,9 @@ def cap_epochs(cap_steps: int, steps_per_epoch: int) -> int:
 def run_argv(task: str, name: str, config: dict[str, float], quick: bool) -> list[str]:
   """The :mod:`experiments.grok` options of one run, cap excluded."""
   grok_name, extra = grok_optimizer(task, name)
+  plugin = registry.get(grok_name).plugin
+  if plugin is not None:
+    extra = ("--plugin", plugin.source, *extra)
   argv = [*task_argv(task, quick), "--optimizer", grok_name, *extra]
   for key, value in config.items():
     argv += [f"--{key.replace('_', '-')}", repr(value)]
@@ -382,12 +416,13 @@ def resolved(task: str, name: str, config: dict[str, float], quick: bool) -> Any
 
 
 def row_key(row: dict[str, Any]) -> str:
-  """What identifies a run: task, optimizer, phase, seed, config, quick."""
-  return json.dumps(
-    [row["task"], row["optimizer"], row["phase"], row["seed"], row["config"],
-     bool(row.get("quick"))],
-    sort_keys=True,
-  )
+  """What identifies a run: task, optimizer, phase, seed, config, quick, and a
+  plugin's SHA-256 (a changed plugin file is another optimizer)."""
+  key = [row["task"], row["optimizer"], row["phase"], row["seed"], row["config"],
+         bool(row.get("quick"))]  # fmt: skip
+  if row.get("plugin") is not None:
+    key.append(row["plugin"]["sha256"])
+  return json.dumps(key, sort_keys=True)
 
 
 def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -491,7 +526,15 @@ def train_row(
     "machine": machine(),
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "jax": jax.__version__,
+    **_plugin_field(args.optimizers[0]),
   }
+
+
+def _plugin_field(grok_name: str) -> dict[str, Any]:
+  """``{"plugin": {"source": ..., "sha256": ...}}`` for a plugin optimizer,
+  else nothing (the rows of built-in optimizers keep their keys)."""
+  plugin = registry.get(grok_name).plugin
+  return {} if plugin is None else {"plugin": dataclasses.asdict(plugin)}
 
 
 def _score(rows: list[dict[str, Any]]) -> tuple[float, float]:
@@ -509,11 +552,13 @@ def choose(
   configs: list[dict[str, float]],
   seeds: tuple[int, ...],
   quick: bool = False,
+  sha256: str | None = None,
 ) -> dict[str, float] | None:
   """The tuned configuration of (``task``, ``name``): the one of ``configs``
   with the fewest median steps to target over ``seeds`` (unreached: the cap),
   ties to the higher median best test accuracy, then the earlier config.
-  None until every tune row is in ``rows``.
+  None until every tune row is in ``rows``. ``sha256``: only the rows of the
+  plugin file with this hash (None: the rows of no plugin).
 
   >>> row = lambda lr, s: dict(task="t", optimizer="o", phase="tune", seed=0,
   ...   config={"lr": lr}, steps_to_target=s, cap_steps=100, best_test_acc=0.9)
@@ -524,6 +569,7 @@ def choose(
     r for r in rows
     if r["task"] == task and r["optimizer"] == name and r["phase"] == "tune"
     and bool(r.get("quick")) == quick
+    and (r.get("plugin") or {}).get("sha256") == sha256
   ]  # fmt: skip
   scores = []
   for i, config in enumerate(configs):
@@ -587,16 +633,18 @@ def main(argv: list[str] | None = None) -> None:
   failed: list[str] = []
   for task, name, phase, seed, config in plan(args):
     if phase == "eval":
+      plugin = registry.get(grok_optimizer(task, name)[0]).plugin
       chosen = choose(
         read_rows(args.jsonl), task, name, grid(task, name, args.trials),
-        args.tune_seeds, args.quick,
+        args.tune_seeds, args.quick, None if plugin is None else plugin.sha256,
       )  # fmt: skip
       if chosen is None:
         waiting.append(f"{task}/{name}")
         continue
       config = chosen
     key = row_key(dict(task=task, optimizer=name, phase=phase, seed=seed,
-                       config=config, quick=args.quick))  # fmt: skip
+                       config=config, quick=args.quick,
+                       **_plugin_field(grok_optimizer(task, name)[0])))  # fmt: skip
     if not claim(args.jsonl, key):
       continue
     try:

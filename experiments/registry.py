@@ -11,9 +11,9 @@ ones they read), ``python -m experiments.leaderboard`` its grids,
 module imports no JAX, so the command lines parse (and print ``--help``) at
 once; the builders are imported when an optimizer is built.
 
-Adding an optimizer is one :func:`register` call (or one entry of
-:data:`SPECS`); :func:`load_plugin` registers the optimizers of a file outside
-the package (``python -m experiments.leaderboard --plugin FILE.py``).
+Adding an optimizer is one entry of :data:`SPECS` (or one :func:`register`
+call); :func:`load_plugin` registers the optimizers a file outside the package
+defines (``python -m experiments.leaderboard --plugin FILE.py``).
 
 >>> KNOBS["adamw"]
 ('adam_lr', 'b1', 'b2', 'adam_weight_decay', 'warmup_steps')
@@ -262,6 +262,9 @@ def check(spec: OptimizerSpec) -> list[str]:
     if knob not in spec.knobs:
       problems.append(f"tune: {knob!r} is not one of its knobs {spec.knobs}")
   if spec.centre is not None:
+    missing = [family for family in TASK_FAMILIES if family not in spec.centre]
+    if missing:
+      problems.append(f"centre: no value for task family {', '.join(missing)}")
     for family, value in spec.centre.items():
       if family not in TASK_FAMILIES:
         problems.append(f"centre: unknown task family {family!r}")
@@ -365,58 +368,57 @@ def get(name: str) -> OptimizerSpec:
   return SPECS[name]
 
 
+# The plugins loaded so far: source (a resolved path or a module name) -> specs.
+_LOADED: dict[str, list[OptimizerSpec]] = {}
+
+
 def load_plugin(source: str) -> list[OptimizerSpec]:
-  """Import a plugin, a Python file (``path/to/file.py``) or a module name
-  (``package.module``), that calls :func:`register`; returns the specs it
-  registered, each marked with the file and its SHA-256 (:class:`Plugin`).
-  A ValueError, one line, if it cannot be read, fails to import or registers
-  nothing.
+  """Import a plugin, a Python file (``path/to/file.py``) or a module
+  (``package.module``), and register every :class:`OptimizerSpec` it defines
+  at module level, each marked with the file and its SHA-256
+  (:attr:`OptimizerSpec.plugin`); returns them. Loading the same source again
+  returns the same specs. A ValueError, one line, if it cannot be imported,
+  defines no spec, or reuses a registered name.
+
+  >>> load_plugin("no/such/file.py")
+  Traceback (most recent call last):
+  ValueError: no/such/file.py: no such file
   """
   path = pathlib.Path(source)
-  before = dict(SPECS)
+  is_file = source.endswith(".py") or path.is_file()
+  key = str(path.resolve()) if is_file else source
+  if key in _LOADED:
+    return _LOADED[key]
+  if is_file and not path.is_file():
+    raise ValueError(f"{source}: no such file")
   try:
-    if source.endswith(".py") or path.is_file():
-      if not path.is_file():
-        raise ValueError(f"{source}: no such file")
-      name = "experiments_plugin_" + hashlib.sha256(
-        str(path.resolve()).encode()
-      ).hexdigest()[:12]
+    if is_file:
+      name = "experiments_plugin_" + hashlib.sha256(key.encode()).hexdigest()[:12]
       module_spec = importlib.util.spec_from_file_location(name, path)
       if module_spec is None or module_spec.loader is None:
-        raise ValueError(f"{source}: not a Python file")
+        raise ValueError("not a Python file")
       module = importlib.util.module_from_spec(module_spec)
-      sys.modules[name] = module
+      sys.modules[name] = module  # as an import would (dataclasses need it)
       module_spec.loader.exec_module(module)
     else:
       module = importlib.import_module(source)
-  except ValueError:
-    _restore(before)
-    raise
   except Exception as error:  # the plugin's own error, as one line
-    _restore(before)
     raise ValueError(f"{source}: {type(error).__name__}: {error}") from error
-  added = [spec for name, spec in SPECS.items() if before.get(name) is not spec]
-  if not added:
-    raise ValueError(f"{source}: registers no optimizer (call experiments.registry"
-                     ".register(OptimizerSpec(...)))")  # fmt: skip
-  marked = Plugin(str(path if path.is_file() else source), _sha256(module))
-  for spec in added:
-    SPECS[spec.name] = dataclasses.replace(spec, plugin=marked)
-  return [SPECS[spec.name] for spec in added]
-
-
-def _restore(specs: dict[str, OptimizerSpec]) -> None:
-  SPECS.clear()
-  SPECS.update(specs)
-  KNOBS.clear()
-  KNOBS.update({name: spec.knobs for name, spec in specs.items()})
+  found = {v.name: v for v in vars(module).values() if isinstance(v, OptimizerSpec)}
+  if not found:
+    raise ValueError(f"{source}: defines no experiments.registry.OptimizerSpec")
+  for name in found:
+    if name in SPECS:
+      raise ValueError(f"{source}: optimizer {name!r} is registered already")
+  marked = Plugin(source, _sha256(module))
+  specs = [register(dataclasses.replace(s, plugin=marked)) for s in found.values()]
+  _LOADED[key] = specs
+  return specs
 
 
 def _sha256(module: types.ModuleType) -> str:
-  file = getattr(module, "__file__", None)
-  if file is None:
-    return ""
-  return hashlib.sha256(pathlib.Path(file).read_bytes()).hexdigest()
+  """The SHA-256 of ``module``'s file."""
+  return hashlib.sha256(pathlib.Path(module.__file__ or "").read_bytes()).hexdigest()
 
 
 def default(name: str, knob: str) -> object:

@@ -124,6 +124,7 @@ def test_every_optimizer_has_the_same_budget_and_valid_options():
     (["--phase", "train"], "argument --phase: invalid choice: 'train'"),
     (["--max-runs", "0"], "argument --max-runs: must be an integer >= 1, got '0'"),
     (["--jsonl", "/"], "argument --jsonl: / is not a file"),
+    (["--plugin", "nope.py"], "argument --plugin: nope.py: no such file"),
   ],
 )
 def test_option_errors(capsys, argv, message):
@@ -362,3 +363,59 @@ def test_a_grid_of_a_knob_the_optimizer_does_not_read_is_refused():
     dataclasses.replace(registry.SPECS["adamw"], tune=("lr",))
   with pytest.raises(ValueError, match="tune: 'weight_decay' is not one of its knobs"):
     dataclasses.replace(registry.SPECS["muon"], tune=("muon_lr", "weight_decay"))
+
+
+def _docs_section(title: str) -> str:
+  text = (ROOT / "docs" / "leaderboard.md").read_text()
+  return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_a_changed_plugin_file_is_another_run():
+  row = dict(task="t", optimizer="lion", phase="tune", seed=0, config={"lr": 1.0},
+             quick=True)  # fmt: skip
+  first = leaderboard.row_key({**row, "plugin": {"source": "a.py", "sha256": "1"}})
+  second = leaderboard.row_key({**row, "plugin": {"source": "a.py", "sha256": "2"}})
+  assert first != second and leaderboard.row_key(row) not in (first, second)
+  # The rows of built-in optimizers keep their keys.
+  assert leaderboard.row_key(row) == json.dumps(
+    ["t", "lion", "tune", 0, {"lr": 1.0}, True], sort_keys=True
+  )
+
+
+@pytest.mark.slow
+def test_the_documented_plugin_runs_from_a_temp_dir(tmp_path):
+  """docs/leaderboard.md, "Add your optimizer": its first python block saved as
+  the plugin file, its first bash block run (with --quick) from a temp
+  directory: rows of the plugin with the file's hash, and a page that shows it."""
+  import hashlib
+  import os
+  import re
+  import shlex
+
+  section = _docs_section("Add your optimizer")
+  block = re.search(r"^```python\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+  command = re.search(r"^```bash\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+  argv = shlex.split(command.group(1))
+  plugin = tmp_path / argv[argv.index("--plugin") + 1]
+  plugin.write_text(block.group(1))
+  assert argv[:3] == ["python", "-m", "experiments.leaderboard"]
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  subprocess.run([sys.executable, *argv[1:], "--quick"], cwd=tmp_path, env=env,
+                 check=True, timeout=300)  # fmt: skip
+  jsonl = tmp_path / argv[argv.index("--jsonl") + 1]
+  rows = leaderboard.read_rows(jsonl)
+  sha256 = hashlib.sha256(plugin.read_bytes()).hexdigest()
+  assert len(rows) == len(leaderboard.QUICK_TUNE_SEEDS) * leaderboard.QUICK_TRIALS + (
+    len(leaderboard.QUICK_EVAL_SEEDS)
+  )
+  name = rows[0]["optimizer"]
+  for row in rows:
+    assert row["optimizer"] == row["grok_optimizer"] == name
+    assert row["plugin"] == {"source": plugin.name, "sha256": sha256}
+    assert row["quick"] and f"--plugin {plugin.name}" in row["command"]
+  assert {r["phase"] for r in rows} == {"tune", "eval"}
+  out = tmp_path / "page.md"
+  make_leaderboard.main(["--quick", "--jsonl", str(jsonl),
+                         "--out", str(out), "--figures", str(tmp_path / "fig")])
+  page = out.read_text()
+  assert f"| {name} (plugin) | `{plugin.name}` (`{sha256[:12]}`) |" in page
