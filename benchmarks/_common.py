@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from experiments import _threads, models, optimizers, tasks, train
-from experiments._machine import cpu_model
+from experiments._machine import cpu_model, json_safe
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 """The committed reference results; written only when ``--out`` names it."""
@@ -190,22 +190,6 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, repeats: int = 5,
           for name, t in times.items()}
 
 
-def _jsonable(x: Any) -> Any:
-  if dataclasses.is_dataclass(x) and not isinstance(x, type):
-    return _jsonable(dataclasses.asdict(x))
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (np.generic, np.ndarray)):
-    return _jsonable(x.tolist())
-  if isinstance(x, float) and not np.isfinite(x):
-    return None
-  if isinstance(x, pathlib.Path):
-    return str(x)
-  return x
-
-
 def write_json(path: str | pathlib.Path, info: dict[str, Any],
                config: dict[str, Any], results: Any,
                summary: Any = None) -> pathlib.Path:
@@ -218,7 +202,7 @@ def write_json(path: str | pathlib.Path, info: dict[str, Any],
   path.parent.mkdir(parents=True, exist_ok=True)
   payload = {"machine": {**info, "load_end": load()}, "config": config,
              "results": results, "summary": summary}
-  path.write_text(json.dumps(_jsonable(payload), indent=1) + "\n")
+  path.write_text(json.dumps(json_safe(payload), indent=1) + "\n")
   return path
 
 

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # ``--help`` and usage errors come before (and without) them.
 from experiments import _cli, _threads, registry
 from experiments._cli import integer, number
+from experiments._machine import json_safe
 
 if TYPE_CHECKING:
   import jax
@@ -892,17 +893,6 @@ def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
   if has_egd:
     record["egd_off_epoch"] = result.egd_off_epoch
   return record
-
-
-def json_safe(value: Any) -> Any:
-  """``value`` with NaN and infinities (a diverged loss) replaced by None."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: json_safe(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [json_safe(v) for v in value]
-  return value
 
 
 def summarize(

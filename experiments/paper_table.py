@@ -41,8 +41,7 @@ from typing import Any
 
 import jax
 
-from experiments import _cli, _threads, grok, optimizers, registry
-from experiments._machine import cpu_model
+from experiments import _cli, _machine, _threads, grok, optimizers, registry
 
 # Task id → the ``experiments.grok`` options that select it.
 TASKS: dict[str, tuple[str, ...]] = {
@@ -257,14 +256,12 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
 
 
 def machine() -> dict[str, Any]:
-  """Where the table was measured."""
+  """Where the table was measured: :func:`experiments._machine.machine` with
+  the three load averages, the JAX version and the date."""
   return {
-    "cpu": cpu_model(),
-    "cpus": os.cpu_count(),
+    **_machine.machine(),
     "load_average": os.getloadavg(),
-    "blas_threads": _threads.describe(),
     "jax": jax.__version__,
-    "backend": jax.default_backend(),
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
   }
 
