@@ -58,7 +58,7 @@ import time
 from typing import Any
 
 from experiments import _cli, _threads, grok, registry
-from experiments._machine import machine
+from experiments._machine import json_safe, machine
 
 DEFAULT_JSONL = pathlib.Path("experiments/results/leaderboard.jsonl")
 TUNE_SEEDS = (100, 101)
@@ -220,9 +220,9 @@ def _centre(task: str, spec: registry.OptimizerSpec) -> float:
   centre = spec.centres[family]
   if centre is not None:
     return centre
-  if family == "parity":  # the EGD paper's per-k learning rate
-    return grok._PARITY[int(TASKS[task].argv[-1])]["lr"]  # type: ignore[return-value]
-  raise ValueError(f"{spec.name}: no learning rate of its own on {task}")
+  # The task's own SGD learning rate (on parity, the EGD paper's per k).
+  own = grok.resolve(grok.parse_args([*TASKS[task].argv, "--optimizer", "sgd"]))
+  return own.lr
 
 
 def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
@@ -482,7 +482,7 @@ def claim(path: pathlib.Path, key: str) -> bool:
 def append(path: pathlib.Path, row: dict[str, Any]) -> None:
   """Append ``row`` as one line, under the lock."""
   with locked(path), open(path, "a") as f:
-    f.write(json.dumps(grok.json_safe(row)) + "\n")
+    f.write(json.dumps(json_safe(row)) + "\n")
 
 
 def train_row(
