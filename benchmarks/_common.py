@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import optax
 
-from experiments import _threads, models, optimizers, tasks, train
+from experiments import _threads, grok, models, optimizers, tasks, train
 from experiments._machine import cpu_model, json_safe
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -235,13 +235,21 @@ MLP_HIDDEN = 512
 MLP_LR = 0.7
 
 
+def paper_mlp_setup(seed: int = 0, p: int = 97, op: tasks.Operation = "add"
+                    ) -> Any:
+  """``a op b mod p`` (one-hot, 50% train split), the paper's MLP and the
+  shuffle key of ``seed``: :func:`experiments.grok.setup` of ``python -m
+  experiments.grok --task mod_<op> --p <p>``, so a seed here is the same run
+  as there."""
+  args = grok.resolve(grok.parse_args(
+      ["--task", f"mod_{op}", "--p", str(p), "--optimizer", "sgd"]))
+  return grok.setup(args, seed)
+
+
 def paper_mlp_task(seed: int = 0, p: int = 97, op: tasks.Operation = "add"
                    ) -> tuple[tasks.Dataset, models.MLP]:
-  """``a op b mod p`` (one-hot, 50% train split) and the paper's MLP, both
-  drawn from ``seed``."""
-  data = tasks.modular_arithmetic(jax.random.key(seed), op, p, 0.5)
-  model = models.MLP(data.num_features, MLP_HIDDEN, data.num_classes,
-                     rngs=nnx.Rngs(seed))
+  """The data and model of :func:`paper_mlp_setup`."""
+  data, model, _ = paper_mlp_setup(seed, p, op)
   return data, model
 
 
@@ -286,10 +294,10 @@ def paper_mlp_gradients(sgd_epochs: int = 1, seed: int = 0
   gradients of the two kernels on the next minibatch of 512, keyed by path
   (``"hidden"``: 194×512, ``"out"``: 512×97), as float32 NumPy arrays.
   """
-  data, model = paper_mlp_task(seed)
+  data, model, shuffle_key = paper_mlp_setup(seed)
   config = train.TrainConfig(max_epochs=sgd_epochs, stop_at_target=False)
   compiled, run = train.start(model, optax.sgd(MLP_LR), data, config)
-  run = train.train(compiled, run, jax.random.key(seed), config)
+  run = train.train(compiled, run, shuffle_key, config)
   loss, _ = make_loss(model, data, config)
   batch = jax.random.permutation(jax.random.key(seed + 1),
                                  data.x_train.shape[0])[:config.batch_size]

@@ -27,7 +27,6 @@ import statistics
 import sys
 from typing import Any
 
-import jax
 import optax
 
 from benchmarks import _common
@@ -85,7 +84,7 @@ def build_optimizer(name: str, config: optimizers.OptimizerConfig,
 def run_one(name: str, op: tasks.Operation, p: int, seed: int,
             config: train.TrainConfig, log_every: int) -> Row:
   """Trains the MLP on ``a op b mod p`` with optimizer ``name``."""
-  data, model = _common.paper_mlp_task(seed, p, op)
+  data, model, shuffle_key = _common.paper_mlp_setup(seed, p, op)
   tx = build_optimizer(name, optimizers.OptimizerConfig(seed=seed),
                        models.MLP.first_kernel)
   compiled, run = train.start(model, tx, data, config)
@@ -97,7 +96,7 @@ def run_one(name: str, op: tasks.Operation, p: int, seed: int,
             f"{h.test_acc[-1]:.3f} ({sum(h.seconds):.1f} s)", file=sys.stderr,
             flush=True)
 
-  run = train.train(compiled, run, jax.random.key(seed), config, log)
+  run = train.train(compiled, run, shuffle_key, config, log)
   h, result = run.result.history, run.result
   return Row(name, seed, result.epochs_to_target, result.seconds_to_target,
              h.epochs, sum(h.seconds), sum(h.seconds) / max(h.epochs, 1),

@@ -52,7 +52,7 @@ import pathlib
 import shutil
 import statistics
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 # JAX, Flax, Orbax and matplotlib are imported where they are used, so that
 # ``--help`` and usage errors come before (and without) them.
@@ -659,18 +659,35 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
   )
 
 
+class Setup(NamedTuple):
+  """What a seed fixes of a run: the data split, the initialized model and
+  the key of the epochs' shuffles."""
+
+  data: tasks.Dataset
+  model: Any
+  shuffle_key: Any
+
+
+def setup(args: argparse.Namespace, seed: int) -> Setup:
+  """The data, model and shuffle key of ``seed`` for the (resolved) options:
+  the one place a seed becomes a run, so that every optimizer, command and
+  benchmark given a seed starts from the same split, weights and shuffles."""
+  import jax
+
+  data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
+  data = make_data(args, data_key)
+  return Setup(data, make_model(args, data, init_key), shuffle_key)
+
+
 def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   """Train optimizer ``name`` with ``seed``, checkpointing and resuming as asked."""
-  import jax
   from tqdm import tqdm
 
   from experiments import optimizers
   from experiments.checkpoint import CheckpointError
   from experiments.train import Run, start, train
 
-  data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
-  data = make_data(args, data_key)
-  model = make_model(args, data, init_key)
+  data, model, shuffle_key = setup(args, seed)
   optimizer = optimizers.build(
     name, optimizer_config(args, seed), type(model).first_kernel
   )
@@ -732,7 +749,6 @@ def run_vectorized(
 ) -> list[RunResult]:
   """:func:`run_one` for every seed of ``seeds`` in one vectorized program
   (same data, weights, shuffles and results per seed; no checkpoints)."""
-  import jax
   from tqdm import tqdm
 
   from experiments import optimizers
@@ -740,9 +756,7 @@ def run_vectorized(
 
   models_, optimizers_, datas, shuffle_keys = [], [], [], []
   for seed in seeds:
-    data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
-    data = make_data(args, data_key)
-    model = make_model(args, data, init_key)
+    data, model, shuffle_key = setup(args, seed)
     models_.append(model)
     optimizers_.append(
       optimizers.build(name, optimizer_config(args, seed), type(model).first_kernel)

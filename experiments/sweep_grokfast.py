@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 import dataclasses
+import functools
 import json
 import pathlib
 import shlex
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments import _threads, models, registry, tasks
+from experiments import _threads, grok, models, registry, tasks
 from experiments.train import TrainConfig, make_epoch_fn, steps_per_epoch
 import optax_egd
 from optax_egd import baselines
@@ -227,12 +228,16 @@ def describe(name: str) -> str:
   return f"experiments.registry's {name} at its defaults, {knob} = lr"
 
 
+@functools.cache
+def _preset() -> Any:
+  """The resolved options of ``python -m experiments.grok --preset grokfast``."""
+  return grok.resolve(grok.parse_args(["--preset", "grokfast"]))
+
+
 def seed_setup(seed: int) -> tuple[tasks.Dataset, models.GrokfastDecoder, jax.Array]:
-  """Data, model and shuffle key of ``seed``, exactly as ``experiments.grok``."""
-  data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
-  data = tasks.grokfast_multiplication(data_key)
-  model = models.GrokfastDecoder(data.vocab_size, rngs=nnx.Rngs(params=init_key))
-  return data, model, shuffle_key
+  """Data, model and shuffle key of ``seed``: ``experiments.grok``'s own
+  (:func:`experiments.grok.setup` of the preset)."""
+  return tuple(grok.setup(_preset(), seed))  # type: ignore[return-value]
 
 
 def warmed_up(factory: Factory, lr: float) -> optax.GradientTransformation:

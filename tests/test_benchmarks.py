@@ -202,3 +202,26 @@ def test_layer_parallel_refuses_sizes_below_one(argv: list[str], message: str) -
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
   assert message in done.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_benchmark_seed_is_the_experiments_run_of_that_seed(
+    tmp_path: pathlib.Path) -> None:
+  """benchmarks.grok and python -m experiments.grok turn a seed into the same
+  split, initialization and shuffles: the same run, epoch for epoch."""
+  from experiments import grok as experiments_grok
+  from experiments import train
+
+  args = experiments_grok.resolve(experiments_grok.parse_args(
+      ["--task", "mod_add", "--p", "11", "--optimizer", "sgd", "--max-epochs", "3",
+       "--no-stop", "--no-progress", "--out", str(tmp_path)]))
+  config = experiments_grok.train_config(args)
+  assert config == train.TrainConfig(batch_size=args.batch_size, l2=1e-4,
+                                     max_epochs=3, stop_at_target=False)
+  mine = grok.run_one("sgd", "add", 11, 3, config, log_every=100)
+  theirs = experiments_grok.run_one(args, "sgd", 3).history
+  assert mine.epochs_run == theirs.epochs == 3
+  assert mine.best_test_acc == max(theirs.test_acc)
+  data, _, _ = _common.paper_mlp_setup(3, 11)
+  expected, _, _ = experiments_grok.setup(args, 3)
+  np.testing.assert_array_equal(data.x_train, expected.x_train)
