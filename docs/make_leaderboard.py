@@ -434,7 +434,6 @@ LION = OptimizerSpec(
   knobs=("adam_lr", "adam_weight_decay", "warmup_steps"),
   family="adamw",  # tunes adam_lr and adam_weight_decay (0.1 and 1)
   label="Lion",
-  description="optax.lion (Chen et al. 2023)",
   # Lion's steps are sign vectors: a learning rate 3-10x below AdamW's.
   centre={"mlp": 1e-4, "parity": 1e-4, "transformer": 1e-4, "mnist": 1e-4},
 )

@@ -174,7 +174,6 @@ class OptimizerSpec:
     family: ``"sgd"`` or ``"adamw"``: an SGD- or an AdamW-type optimizer; sets
       the defaults of ``tune`` and ``centre``.
     label: a short name for tables (default: ``name``).
-    description: one line for the leaderboard page (default: ``label``).
     tune: the knobs the leaderboard grids: a learning rate, and optionally a
       weight decay (None: ``("lr",)`` for SGD-type, ``("adam_lr",
       "adam_weight_decay")`` for AdamW-type).
@@ -193,7 +192,6 @@ class OptimizerSpec:
   knobs: tuple[str, ...]
   family: str
   label: str | None = None
-  description: str | None = None
   tune: tuple[str, ...] | None = None
   centre: Mapping[str, float | None] | None = None
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
