@@ -86,13 +86,16 @@ def test_step_tiny(tmp_path: pathlib.Path) -> None:
 def test_grok_tiny(tmp_path: pathlib.Path) -> None:
   out = tmp_path / "grok.json"
   grok.main(["--p", "11", "--batch-size", "16", "--optimizers", "sgd",
-             "official", "--max-epochs", "2", "--out", str(tmp_path)])
+             "official", "egd-first-layer", "--max-epochs", "2",
+             "--out", str(tmp_path)])
   payload = _load(out)
-  assert [r["optimizer"] for r in payload["results"]] == ["sgd", "official"]
+  # egd-first-layer: not one of grok.OPTIMIZERS, the registry's.
+  assert [r["optimizer"] for r in payload["results"]] == ["sgd", "official",
+                                                          "egd-first-layer"]
   for r in payload["results"]:
     assert 1 <= r["epochs_run"] <= 2
     assert r["epochs"] is None or r["epochs"] <= 2
-  assert len(payload["summary"]) == 2
+  assert len(payload["summary"]) == 3
   assert out.with_suffix(".md").read_text().count("|") > 10
 
 
