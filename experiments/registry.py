@@ -253,6 +253,12 @@ def check(spec: OptimizerSpec) -> list[str]:
   for knob in (*spec.knobs, *spec.defaults):
     if knob not in KNOB_FIELDS:
       problems.append(f"knob {knob!r} is no OptimizerConfig field ({fields})")
+  for knob, value in spec.defaults.items():
+    bounds = KNOB_RANGES.get(knob)
+    if bounds is not None and not _within(value, bounds):
+      problems.append(f"defaults[{knob!r}] is out of its range, got {value!r}")
+  if spec.label is not None and not isinstance(spec.label, str):
+    problems.append(f"label must be a string, got {spec.label!r}")
   tuned = spec.tuned if spec.family in FAMILIES else ()
   if not 1 <= len(tuned) <= 2:
     problems.append(f"tune must name a learning rate and at most a decay, got {tuned}")
@@ -269,6 +275,18 @@ def check(spec: OptimizerSpec) -> list[str]:
       elif value is not None and not value > 0:
         problems.append(f"centre[{family!r}] must be > 0 or None, got {value!r}")
   return problems
+
+
+def _within(value: Any, bounds: Range) -> bool:
+  """Whether ``value`` is a number ``bounds`` accepts."""
+  if isinstance(value, bool) or not isinstance(value, int | float):
+    return False
+  if bounds.integer and value != int(value):
+    return False
+  low, high = bounds.low, bounds.high
+  if low is not None and (value <= low if bounds.low_open else value < low):
+    return False
+  return high is None or (value < high if bounds.high_open else value <= high)
 
 
 def _preconditioner(name: str, base: str) -> OptimizerSpec:
