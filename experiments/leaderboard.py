@@ -320,8 +320,51 @@ def choices() -> tuple[str, ...]:
   return tuple(dict.fromkeys([*OPTIMIZERS, *registry.SPECS]))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  """Parse and check the options; a bad one is a one-line usage error."""
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """What one ``python -m experiments.leaderboard`` runs: its checked options.
+
+  Attributes:
+    tasks: the tasks, in the order they run.
+    optimizers: the leaderboard optimizers; None: each task's own list.
+    phase: ``"tune"``, ``"eval"`` or ``"both"``.
+    quick: tiny tasks, cap, trials and seeds (``--quick``).
+    jsonl: the rows file.
+    max_runs: stop after training this many runs (None: all).
+    print_grid: print the grids and budget instead of training.
+
+  >>> sweep = Sweep(tasks=("add97-mlp",), quick=True)
+  >>> sweep.trials, sweep.tune_seeds, sweep.eval_seeds
+  (2, (100,), (0, 1))
+  """
+
+  tasks: tuple[str, ...] = tuple(TASKS)
+  optimizers: tuple[str, ...] | None = None
+  phase: str = "both"
+  quick: bool = False
+  jsonl: pathlib.Path = DEFAULT_JSONL
+  max_runs: int | None = None
+  print_grid: bool = False
+
+  @property
+  def trials(self) -> int:
+    """Configurations per optimizer and task."""
+    return QUICK_TRIALS if self.quick else TRIALS
+
+  @property
+  def tune_seeds(self) -> tuple[int, ...]:
+    """The tuning seeds."""
+    return QUICK_TUNE_SEEDS if self.quick else TUNE_SEEDS
+
+  @property
+  def eval_seeds(self) -> tuple[int, ...]:
+    """The evaluation seeds."""
+    return QUICK_EVAL_SEEDS if self.quick else EVAL_SEEDS
+
+
+def parse_args(argv: list[str] | None = None) -> Sweep:
+  """Parse and check the options (loading ``--plugin`` files); a bad one is a
+  one-line usage error."""
   p = build_parser()
   args = p.parse_args(argv)
   plugins: list[str] = []
@@ -334,17 +377,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if clash:
       p.error(f"argument --plugin: {source}: {clash[0]!r} is a leaderboard name")
   tasks = QUICK_TASKS if args.quick else tuple(TASKS)
-  args.task_ids = _cli.name_list(args.tasks) if args.tasks is not None else list(tasks)
-  problem = _cli.check_names("argument --tasks", args.task_ids, tuple(TASKS))
+  task_ids = _cli.name_list(args.tasks) if args.tasks is not None else list(tasks)
+  problem = _cli.check_names("argument --tasks", task_ids, tuple(TASKS))
+  optimizers: list[str] | None
   if args.optimizers is not None:
-    args.optimizer_names = _cli.name_list(args.optimizers)
+    optimizers = _cli.name_list(args.optimizers)
     problem = problem or _cli.check_names(
-      "argument --optimizers", args.optimizer_names, choices()
+      "argument --optimizers", optimizers, choices()
     )
   elif plugins:
-    args.optimizer_names = plugins
+    optimizers = plugins
   else:
-    args.optimizer_names = list(QUICK_OPTIMIZERS) if args.quick else None
+    optimizers = list(QUICK_OPTIMIZERS) if args.quick else None
   if problem:
     p.error(problem)
   if args.jsonl.exists() and not args.jsonl.is_file():
@@ -353,16 +397,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = _cli.unwritable(args.jsonl.parent)
     if problem:
       p.error(f"argument --jsonl: {problem}")
-  args.tune_seeds = QUICK_TUNE_SEEDS if args.quick else TUNE_SEEDS
-  args.eval_seeds = QUICK_EVAL_SEEDS if args.quick else EVAL_SEEDS
-  args.trials = QUICK_TRIALS if args.quick else TRIALS
-  return args
+  return Sweep(
+    tasks=tuple(task_ids),
+    optimizers=None if optimizers is None else tuple(optimizers),
+    phase=args.phase,
+    quick=args.quick,
+    jsonl=args.jsonl,
+    max_runs=args.max_runs,
+    print_grid=args.print_grid,
+  )
 
 
-def optimizers_of(args: argparse.Namespace, task: str) -> list[str]:
+def optimizers_of(sweep: Sweep, task: str) -> list[str]:
   """The optimizers to run on ``task``: ``--optimizers`` or the task's own."""
-  if args.optimizer_names is not None:
-    return list(args.optimizer_names)
+  if sweep.optimizers is not None:
+    return list(sweep.optimizers)
   return list(TASKS[task].optimizers)
 
 
@@ -580,80 +629,80 @@ def choose(
   return configs[min(scores)[2]] if scores else None
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, dict[str, float]]]:
+def plan(sweep: Sweep) -> list[tuple[str, str, str, int, dict[str, float]]]:
   """Every (task, optimizer, phase, seed, config) the options ask for, in the
   order they run: task by task, optimizer by optimizer, tune before eval
   (eval entries have an empty config: chosen when they run)."""
   entries = []
-  for task in args.task_ids:
-    for name in optimizers_of(args, task):
-      if args.phase in ("tune", "both"):
-        for seed in args.tune_seeds:
-          for config in grid(task, name, args.trials):
+  for task in sweep.tasks:
+    for name in optimizers_of(sweep, task):
+      if sweep.phase in ("tune", "both"):
+        for seed in sweep.tune_seeds:
+          for config in grid(task, name, sweep.trials):
             entries.append((task, name, "tune", seed, config))
-      if args.phase in ("eval", "both"):
-        for seed in args.eval_seeds:
+      if sweep.phase in ("eval", "both"):
+        for seed in sweep.eval_seeds:
           entries.append((task, name, "eval", seed, {}))
   return entries
 
 
-def print_grid(args: argparse.Namespace) -> None:
+def print_grid(sweep: Sweep) -> None:
   """The grid and budget of every selected task and optimizer."""
-  mode = "--quick" if args.quick else "full"
+  mode = "--quick" if sweep.quick else "full"
   print(
-    f"{mode}: {args.trials} configurations per optimizer, each on tuning seeds "
-    f"{list(args.tune_seeds)}; the chosen one on evaluation seeds "
-    f"{list(args.eval_seeds)}; {args.trials * len(args.tune_seeds)} tuning runs "
-    f"+ {len(args.eval_seeds)} evaluation runs per optimizer and task"
+    f"{mode}: {sweep.trials} configurations per optimizer, each on tuning seeds "
+    f"{list(sweep.tune_seeds)}; the chosen one on evaluation seeds "
+    f"{list(sweep.eval_seeds)}; {sweep.trials * len(sweep.tune_seeds)} tuning runs "
+    f"+ {len(sweep.eval_seeds)} evaluation runs per optimizer and task"
   )
-  for task in args.task_ids:
+  for task in sweep.tasks:
     spec = TASKS[task]
-    cap = QUICK_CAP_STEPS if args.quick else spec.cap_steps
-    options = shlex.join(task_argv(task, args.quick))
+    cap = QUICK_CAP_STEPS if sweep.quick else spec.cap_steps
+    options = shlex.join(task_argv(task, sweep.quick))
     print(f"\n{task}: python -m experiments.grok {options}")
     print(f"  {spec.source}; baseline {spec.baseline}; cap {cap} steps")
-    for name in optimizers_of(args, task):
+    for name in optimizers_of(sweep, task):
       grok_name, extra = grok_optimizer(task, name)
       configs = ", ".join(
         " ".join(f"{k}={v:g}" for k, v in c.items())
-        for c in grid(task, name, args.trials)
+        for c in grid(task, name, sweep.trials)
       )
       print(f"  {name:16s} {grok_name} {' '.join(extra)}: {configs}")
 
 
 def main(argv: list[str] | None = None) -> None:
   """Run every missing row of the plan, appending each to ``--jsonl``."""
-  args = parse_args(argv)
-  if args.print_grid:
-    print_grid(args)
+  sweep = parse_args(argv)
+  if sweep.print_grid:
+    print_grid(sweep)
     return
   print(_threads.describe(), flush=True)
   ran = 0
   waiting: list[str] = []
   failed: list[str] = []
-  for task, name, phase, seed, config in plan(args):
+  for task, name, phase, seed, config in plan(sweep):
     if phase == "eval":
       plugin = registry.get(grok_optimizer(task, name)[0]).plugin
       chosen = choose(
-        read_rows(args.jsonl), task, name, grid(task, name, args.trials),
-        args.tune_seeds, args.quick, None if plugin is None else plugin.sha256,
+        read_rows(sweep.jsonl), task, name, grid(task, name, sweep.trials),
+        sweep.tune_seeds, sweep.quick, None if plugin is None else plugin.sha256,
       )  # fmt: skip
       if chosen is None:
         waiting.append(f"{task}/{name}")
         continue
       config = chosen
     key = row_key(dict(task=task, optimizer=name, phase=phase, seed=seed,
-                       config=config, quick=args.quick,
+                       config=config, quick=sweep.quick,
                        **_plugin_field(grok_optimizer(task, name)[0])))  # fmt: skip
-    if not claim(args.jsonl, key):
+    if not claim(sweep.jsonl, key):
       continue
     try:
-      row = train_row(task, name, phase, seed, config, args.quick)
+      row = train_row(task, name, phase, seed, config, sweep.quick)
     except Exception as error:  # one broken run must not end a long sweep
       failed.append(f"{task}/{name}/{phase}/seed {seed}")
       print(f"{task} {name} {phase} seed {seed}: FAILED: {error!r}", flush=True)
       continue
-    append(args.jsonl, row)
+    append(sweep.jsonl, row)
     ran += 1
     shown = " ".join(f"{k}={v:g}" for k, v in config.items())
     print(
@@ -661,12 +710,12 @@ def main(argv: list[str] | None = None) -> None:
       f"(cap {row['cap_steps']}, {row['seconds_run']:.1f} s)",
       flush=True,
     )
-    if args.max_runs is not None and ran >= args.max_runs:
+    if sweep.max_runs is not None and ran >= sweep.max_runs:
       break
   if waiting:
     cells = ", ".join(dict.fromkeys(waiting))
     print(f"eval waits for tune rows of: {cells}; rerun when they are in")
-  print(f"{ran} runs appended to {args.jsonl}")
+  print(f"{ran} runs appended to {sweep.jsonl}")
   if failed:
     listed = ", ".join(failed)
     print(f"{len(failed)} runs failed (no row; a rerun retries them): {listed}")

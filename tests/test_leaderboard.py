@@ -419,3 +419,16 @@ def test_the_documented_plugin_runs_from_a_temp_dir(tmp_path):
                          "--out", str(out), "--figures", str(tmp_path / "fig")])
   page = out.read_text()
   assert f"| {name} (plugin) | `{plugin.name}` (`{sha256[:12]}`) |" in page
+
+
+def test_the_options_are_a_typed_sweep_and_a_sweep_plans_without_argv():
+  sweep = leaderboard.parse_args(["--quick", "--print-grid", "--phase", "tune"])
+  assert sweep == leaderboard.Sweep(tasks=leaderboard.QUICK_TASKS,
+                                    optimizers=leaderboard.QUICK_OPTIMIZERS,
+                                    phase="tune", quick=True, print_grid=True)
+  both = dataclasses.replace(sweep, phase="both", optimizers=("egd",))
+  entries = leaderboard.plan(both)
+  assert [e[2] for e in entries] == ["tune"] * leaderboard.QUICK_TRIALS + ["eval"] * 2
+  assert {e[1] for e in entries} == {"egd"}
+  evals = leaderboard.plan(dataclasses.replace(both, phase="eval"))
+  assert [e[2:4] for e in evals] == [("eval", 0), ("eval", 1)]
