@@ -427,6 +427,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return build_parser().parse_args(argv)
 
 
+def options(**values: Any) -> argparse.Namespace:
+  """The unresolved options of a run given as Python values (``p=97`` for
+  ``--p 97``), as :func:`parse_args` returns them: for code that builds runs,
+  with no command line to parse. A TypeError names an unknown option.
+
+  >>> options(task="parity", k=3) == parse_args(["--task", "parity", "--k", "3"])
+  True
+  """
+  args = parse_args([])
+  for name, value in values.items():
+    if name not in vars(args):
+      raise TypeError(f"{PROG} has no option {_option(name)}")
+    setattr(args, name, value)
+  return args
+
+
+def argv(values: dict[str, Any]) -> list[str]:
+  """The command-line options that ``options(**values)`` stands for (a true
+  flag bare, a list repeated, floats as ``repr`` writes them).
+
+  >>> argv({"task": "mod_add", "p": 97, "label_noise": 0.05, "no_stop": True})
+  ['--task', 'mod_add', '--p', '97', '--label-noise', '0.05', '--no-stop']
+  """
+  out: list[str] = []
+  for name, value in values.items():
+    if value is True:
+      out.append(_option(name))
+    elif value is not None and value is not False:
+      for item in value if isinstance(value, list) else [value]:
+        out += [_option(name), repr(item) if isinstance(item, float) else str(item)]
+  return out
+
+
 def _error(message: str) -> NoReturn:
   """Exit with argparse's usage line and ``message`` (exit code 2)."""
   build_parser().error(message)

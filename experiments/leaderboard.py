@@ -42,7 +42,7 @@ The per-task options and optimizer grids are in :data:`TASKS` and
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 import contextlib
 import dataclasses
 import datetime
@@ -78,23 +78,38 @@ class Task:
   """One leaderboard task.
 
   Attributes:
-    argv: the :mod:`experiments.grok` options that select it.
+    options: the :mod:`experiments.grok` options that select it, as Python
+      values (``{"task": "mod_add", "p": 97}``: ``--task mod_add --p 97``).
     baseline: ``"sgd"`` or ``"adamw"``, as the task's paper trains it.
     cap_steps: optimizer steps per run at most (rounded up to whole epochs).
     family: ``"mlp"`` (the EGD paper's MLP, modular), ``"parity"``,
       ``"transformer"`` or ``"mnist"``: picks the optimizers' learning rates.
     optimizers: the optimizers run by default.
     source: the paper whose setup this is.
-    quick_argv: tiny options for ``--quick``.
+    quick_options: tiny options for ``--quick``.
   """
 
-  argv: tuple[str, ...]
+  options: Mapping[str, Any]
   baseline: str
   cap_steps: int
   family: str
   optimizers: tuple[str, ...]
   source: str
-  quick_argv: tuple[str, ...] = ()
+  quick_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def argv(self) -> tuple[str, ...]:
+    """:attr:`options` as the command line writes them.
+
+    >>> TASKS["parity-100-3"].argv
+    ('--task', 'parity', '--k', '3')
+    """
+    return tuple(grok.argv(dict(self.options)))
+
+  @property
+  def quick_argv(self) -> tuple[str, ...]:
+    """:attr:`quick_options` as the command line writes them."""
+    return tuple(grok.argv(dict(self.quick_options)))
 
 
 # Leaderboard optimizer names (see OPTIMIZERS) run everywhere.
@@ -129,63 +144,63 @@ OPTIMIZERS = {
   "column-norm": "column normalization in front of the baseline",
 }
 
-_MLP_QUICK = ("--p", "11", "--hidden", "16", "--batch-size", "16")
-_PARITY_QUICK = ("--n", "20", "--n-train", "64", "--n-test", "64", "--hidden", "16")
-_TRANSFORMER_QUICK = ("--p", "11", "--d-model", "16", "--heads", "2", "--layers", "1")
-_MLP_VARIANTS = {
-  "noise5": ("--label-noise", "0.05"),
-  "noise10": ("--label-noise", "0.1"),
-  "frac0.3": ("--train-fraction", "0.3"),
-  "frac0.7": ("--train-fraction", "0.7"),
-  "bs32": ("--batch-size", "32"),
-  "bs128": ("--batch-size", "128"),
+_MLP_QUICK = dict(p=11, hidden=16, batch_size=16)
+_PARITY_QUICK = dict(n=20, n_train=64, n_test=64, hidden=16)
+_TRANSFORMER_QUICK = dict(p=11, d_model=16, heads=2, layers=1)
+_MLP_VARIANTS: dict[str, dict[str, Any]] = {
+  "noise5": dict(label_noise=0.05),
+  "noise10": dict(label_noise=0.1),
+  "frac0.3": dict(train_fraction=0.3),
+  "frac0.7": dict(train_fraction=0.7),
+  "bs32": dict(batch_size=32),
+  "bs128": dict(batch_size=128),
 }
 _EGD_PAPER = "EGD paper (Saheb Pasand & Dohmatob, ICLR 2026), its official scripts"
 TASKS: dict[str, Task] = {
   "add97-mlp": Task(
-    ("--task", "mod_add", "--p", "97"), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "mod_add", *_MLP_QUICK),
+    dict(task="mod_add", p=97), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="mod_add", **_MLP_QUICK),
   ),
   "mul97-mlp": Task(
-    ("--task", "mod_mul", "--p", "97"), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "mod_mul", *_MLP_QUICK),
+    dict(task="mod_mul", p=97), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="mod_mul", **_MLP_QUICK),
   ),
   "parity-400-2": Task(
-    ("--task", "parity", "--k", "2"), "sgd", 18600, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "parity", "--k", "2", *_PARITY_QUICK),
+    dict(task="parity", k=2), "sgd", 18600, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="parity", k=2, **_PARITY_QUICK),
   ),
   **{
     f"add97-mlp-{name}": Task(
-      ("--task", "mod_add", "--p", "97", *extra), "sgd", 2700, "mlp",
-      VARIANT_OPTIMIZERS, _EGD_PAPER + ", with " + " ".join(extra),
-      ("--task", "mod_add", *_MLP_QUICK, *(extra if "noise" in name else ())),
+      dict(task="mod_add", p=97, **extra), "sgd", 2700, "mlp",
+      VARIANT_OPTIMIZERS, _EGD_PAPER + ", with " + " ".join(grok.argv(extra)),
+      dict(task="mod_add", **_MLP_QUICK, **(extra if "noise" in name else {})),
     )
     for name, extra in _MLP_VARIANTS.items()
   },
   "grokfast": Task(
-    ("--preset", "grokfast"), "adamw", 1000, "transformer", ALL_OPTIMIZERS,
+    dict(preset="grokfast"), "adamw", 1000, "transformer", ALL_OPTIMIZERS,
     "Grokfast (Lee et al. 2024), ironjr/grokfast main.py",
-    ("--preset", "grokfast", *_TRANSFORMER_QUICK),
+    dict(preset="grokfast", **_TRANSFORMER_QUICK),
   ),
   "add97-transformer": Task(
-    ("--task", "mod_add", "--p", "97", "--encoding", "tokens"), "adamw", 3000,
+    dict(task="mod_add", p=97, encoding="tokens"), "adamw", 3000,
     "transformer", ALL_OPTIMIZERS,
     "Power et al. 2022 style: a + b mod 97, 50% train, 2-layer decoder "
     "(d_model 128, 4 heads), AdamW β2 0.98, 10-step warmup",
-    ("--task", "mod_add", "--encoding", "tokens", *_TRANSFORMER_QUICK),
+    dict(task="mod_add", encoding="tokens", **_TRANSFORMER_QUICK),
   ),
   "parity-100-3": Task(
-    ("--task", "parity", "--k", "3"), "sgd", 62000, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "parity", "--k", "3", *_PARITY_QUICK),
+    dict(task="parity", k=3), "sgd", 62000, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="parity", k=3, **_PARITY_QUICK),
   ),
   "parity-50-4": Task(
-    ("--task", "parity", "--k", "4"), "sgd", 62000, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "parity", "--k", "4", *_PARITY_QUICK),
+    dict(task="parity", k=4), "sgd", 62000, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="parity", k=4, **_PARITY_QUICK),
   ),
   "mnist": Task(
-    ("--task", "mnist"), "adamw", 2000, "mnist", ALL_OPTIMIZERS,
+    dict(task="mnist"), "adamw", 2000, "mnist", ALL_OPTIMIZERS,
     "Omnigrok (Liu et al. 2023): 1000 training images, MSE, init ×8",
-    ("--task", "mnist", "--n-train", "100", "--width", "16"),
+    dict(task="mnist", n_train=100, width=16),
   ),
 }
 # Cheapest first: the order the sweep runs them in.
@@ -193,25 +208,34 @@ QUICK_TASKS = ("add97-mlp",)
 QUICK_OPTIMIZERS = ("baseline", "egd")
 QUICK_CAP_STEPS = 8
 
-def grok_optimizer(task: str, name: str) -> tuple[str, tuple[str, ...]]:
+def grok_options(task: str, name: str) -> tuple[str, dict[str, Any]]:
   """The :mod:`experiments.grok` optimizer name of leaderboard optimizer
-  ``name`` on ``task``, and any extra grok options it needs.
+  ``name`` on ``task``, and any other grok options it needs (Python values).
+
+  >>> grok_options("add97-mlp", "perp-adamw")
+  ('orthograd-adamw', {'loss': 'stablemax_cross_entropy'})
+  """
+  base = TASKS[task].baseline
+  if name == "baseline":
+    return base, {}
+  if name in ("grokfast-ema", "grokfast-ma", "column-norm"):
+    return (name if base == "sgd" else f"{name}-adamw"), {}
+  if name == "perp-adamw":
+    sign_task = TASKS[task].family == "parity"
+    return "orthograd-adamw", {} if sign_task else {"loss": "stablemax_cross_entropy"}
+  return name, {}
+
+
+def grok_optimizer(task: str, name: str) -> tuple[str, tuple[str, ...]]:
+  """:func:`grok_options` with the other options as the command line writes them.
 
   >>> grok_optimizer("grokfast", "grokfast-ema")
   ('grokfast-ema-adamw', ())
   >>> grok_optimizer("add97-mlp", "perp-adamw")
   ('orthograd-adamw', ('--loss', 'stablemax_cross_entropy'))
   """
-  base = TASKS[task].baseline
-  if name == "baseline":
-    return base, ()
-  if name in ("grokfast-ema", "grokfast-ma", "column-norm"):
-    return (name if base == "sgd" else f"{name}-adamw"), ()
-  if name == "perp-adamw":
-    sign_task = TASKS[task].family == "parity"
-    loss = () if sign_task else ("--loss", "stablemax_cross_entropy")
-    return "orthograd-adamw", loss
-  return name, ()
+  grok_name, extra = grok_options(task, name)
+  return grok_name, tuple(grok.argv(extra))
 
 
 def _centre(task: str, spec: registry.OptimizerSpec) -> float:
@@ -221,7 +245,7 @@ def _centre(task: str, spec: registry.OptimizerSpec) -> float:
   if centre is not None:
     return centre
   # The task's own SGD learning rate (on parity, the EGD paper's per k).
-  own = grok.resolve(grok.parse_args([*TASKS[task].argv, "--optimizer", "sgd"]))
+  own = grok.resolve(grok.options(**TASKS[task].options, optimizer="sgd"))
   return own.lr
 
 
@@ -437,25 +461,36 @@ def cap_epochs(cap_steps: int, steps_per_epoch: int) -> int:
   return -(-cap_steps // steps_per_epoch)
 
 
-def run_argv(task: str, name: str, config: dict[str, float], quick: bool) -> list[str]:
-  """The :mod:`experiments.grok` options of one run, cap excluded."""
-  grok_name, extra = grok_optimizer(task, name)
+def run_options(
+  task: str, name: str, config: dict[str, float], quick: bool
+) -> dict[str, Any]:
+  """The :mod:`experiments.grok` options of one run, cap excluded, as Python
+  values (:func:`experiments.grok.options` takes them)."""
+  grok_name, extra = grok_options(task, name)
+  spec = TASKS[task]
+  options = {**(spec.quick_options if quick else spec.options), "optimizer": grok_name}
   plugin = registry.get(grok_name).plugin
   if plugin is not None:
-    extra = ("--plugin", plugin.source, *extra)
-  argv = [*task_argv(task, quick), "--optimizer", grok_name, *extra]
-  for key, value in config.items():
-    argv += [f"--{key.replace('_', '-')}", repr(value)]
-  return argv
+    options["plugin"] = [plugin.source]
+  return {**options, **extra, **config}
+
+
+def run_argv(task: str, name: str, config: dict[str, float], quick: bool) -> list[str]:
+  """:func:`run_options` as the command line writes them (rows' ``command``).
+
+  >>> run_argv("parity-100-3", "egd", {"lr": 0.04}, quick=False)
+  ['--task', 'parity', '--k', '3', '--optimizer', 'egd', '--lr', '0.04']
+  """
+  return grok.argv(run_options(task, name, config, quick))
 
 
 def resolved(task: str, name: str, config: dict[str, float], quick: bool) -> Any:
-  """The resolved :mod:`experiments.grok` namespace of a run, with its cap set
+  """The resolved :mod:`experiments.grok` options of a run, with its cap set
   (``max_epochs`` covering the task's cap steps)."""
   from experiments.train import steps_per_epoch
 
-  argv = run_argv(task, name, config, quick)
-  args = grok.resolve(grok.parse_args([*argv, "--max-epochs", "1"]))
+  options = run_options(task, name, config, quick)
+  args = grok.resolve(grok.options(**options, max_epochs=1))
   per_epoch = steps_per_epoch(grok.train_size(args), grok.train_config(args))
   cap = QUICK_CAP_STEPS if quick else TASKS[task].cap_steps
   args.max_epochs = cap_epochs(cap, per_epoch)

@@ -432,3 +432,19 @@ def test_the_options_are_a_typed_sweep_and_a_sweep_plans_without_argv():
   assert {e[1] for e in entries} == {"egd"}
   evals = leaderboard.plan(dataclasses.replace(both, phase="eval"))
   assert [e[2:4] for e in evals] == [("eval", 0), ("eval", 1)]
+
+
+def test_typed_run_options_are_the_rows_command_line():
+  """A run is built from Python values, no command line parsed; the rows'
+  `command` writes the same options: parsed back, the same resolved run."""
+  for task in leaderboard.TASKS:
+    for name in leaderboard.TASKS[task].optimizers:
+      for quick in (False, True):
+        config = leaderboard.grid(task, name, 2)[0]
+        typed = leaderboard.run_options(task, name, config, quick)
+        argv = leaderboard.run_argv(task, name, config, quick)
+        assert vars(grok.resolve(grok.options(**typed))) == vars(
+          grok.resolve(grok.parse_args(argv))
+        ), (task, name, quick)
+  with pytest.raises(TypeError, match="has no option --learning-rate"):
+    grok.options(learning_rate=0.1)
