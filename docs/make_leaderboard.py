@@ -464,7 +464,8 @@ def add_your_optimizer() -> list[str]:
     "",
     "From the root of a clone (or with the clone on `PYTHONPATH`), this command "
     "tunes and evaluates it on a task, appending its rows to `lion.jsonl` (a rerun "
-    "trains only the missing ones; `--quick` is a check that takes seconds):",
+    "trains only the missing ones; `--print-grid` shows its grid and budget first, "
+    "`--quick` is a check that takes seconds):",
     "",
     "```bash",
     PLUGIN_COMMAND,
