@@ -25,9 +25,8 @@ import jax
 import numpy as np
 import optax
 
-from experiments import _threads, models, optimizers, tasks, train
-from experiments._machine import cpu_model
-import optax_egd
+from experiments import _threads, grok, models, optimizers, tasks, train
+from experiments._machine import cpu_model, json_safe
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 """The committed reference results; written only when ``--out`` names it."""
@@ -191,22 +190,6 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, repeats: int = 5,
           for name, t in times.items()}
 
 
-def _jsonable(x: Any) -> Any:
-  if dataclasses.is_dataclass(x) and not isinstance(x, type):
-    return _jsonable(dataclasses.asdict(x))
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (np.generic, np.ndarray)):
-    return _jsonable(x.tolist())
-  if isinstance(x, float) and not np.isfinite(x):
-    return None
-  if isinstance(x, pathlib.Path):
-    return str(x)
-  return x
-
-
 def write_json(path: str | pathlib.Path, info: dict[str, Any],
                config: dict[str, Any], results: Any,
                summary: Any = None) -> pathlib.Path:
@@ -219,7 +202,7 @@ def write_json(path: str | pathlib.Path, info: dict[str, Any],
   path.parent.mkdir(parents=True, exist_ok=True)
   payload = {"machine": {**info, "load_end": load()}, "config": config,
              "results": results, "summary": summary}
-  path.write_text(json.dumps(_jsonable(payload), indent=1) + "\n")
+  path.write_text(json.dumps(json_safe(payload), indent=1) + "\n")
   return path
 
 
@@ -252,13 +235,21 @@ MLP_HIDDEN = 512
 MLP_LR = 0.7
 
 
+def paper_mlp_setup(seed: int = 0, p: int = 97, op: tasks.Operation = "add"
+                    ) -> Any:
+  """``a op b mod p`` (one-hot, 50% train split), the paper's MLP and the
+  shuffle key of ``seed``: :func:`experiments.grok.setup` of ``python -m
+  experiments.grok --task mod_<op> --p <p>``, so a seed here is the same run
+  as there."""
+  args = grok.resolve(grok.parse_args(
+      ["--task", f"mod_{op}", "--p", str(p), "--optimizer", "sgd"]))
+  return grok.setup(args, seed)
+
+
 def paper_mlp_task(seed: int = 0, p: int = 97, op: tasks.Operation = "add"
                    ) -> tuple[tasks.Dataset, models.MLP]:
-  """``a op b mod p`` (one-hot, 50% train split) and the paper's MLP, both
-  drawn from ``seed``."""
-  data = tasks.modular_arithmetic(jax.random.key(seed), op, p, 0.5)
-  model = models.MLP(data.num_features, MLP_HIDDEN, data.num_classes,
-                     rngs=nnx.Rngs(seed))
+  """The data and model of :func:`paper_mlp_setup`."""
+  data, model, _ = paper_mlp_setup(seed, p, op)
   return data, model
 
 
@@ -303,10 +294,10 @@ def paper_mlp_gradients(sgd_epochs: int = 1, seed: int = 0
   gradients of the two kernels on the next minibatch of 512, keyed by path
   (``"hidden"``: 194×512, ``"out"``: 512×97), as float32 NumPy arrays.
   """
-  data, model = paper_mlp_task(seed)
+  data, model, shuffle_key = paper_mlp_setup(seed)
   config = train.TrainConfig(max_epochs=sgd_epochs, stop_at_target=False)
   compiled, run = train.start(model, optax.sgd(MLP_LR), data, config)
-  run = train.train(compiled, run, jax.random.key(seed), config)
+  run = train.train(compiled, run, shuffle_key, config)
   loss, _ = make_loss(model, data, config)
   batch = jax.random.permutation(jax.random.key(seed + 1),
                                  data.x_train.shape[0])[:config.batch_size]
@@ -318,18 +309,15 @@ def paper_mlp_gradients(sgd_epochs: int = 1, seed: int = 0
 def egd_sgd(method: str, config: optimizers.OptimizerConfig,
             only: models.Path | None = None) -> optax.GradientTransformation:
   """``egd(method)`` on every kernel (or only the kernel at path ``only``),
-  chained with :mod:`experiments.optimizers`' SGD.
+  chained with SGD: the registry's ``egd`` / ``egd-first-layer`` (``egd-rsvd``
+  / ``egd-rsvd-first-layer`` for ``"rsvd"``) with polar method ``method``.
 
-  Mirrors ``experiments.optimizers``' ``egd`` / ``egd-first-layer`` with an
-  explicit polar ``method`` (those use ``"auto"``); ``only=first_kernel``
-  with ``method="svd"`` is the official scripts' configuration.
+  ``only=first_kernel`` with ``method="svd"`` is the official scripts'
+  configuration.
   """
-  egd = optax_egd.egd(
-      method, rank=config.rank if method == "rsvd" else None,
-      dimension_numbers=models.matrix_dimension_numbers, key=config.seed)
-  if only is None:
-    mask: Any = models.kernel_mask
-  else:
-    mask = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: models.path_keys(path) == only, params)
-  return optax.chain(optax.masked(egd, mask), optimizers.base("sgd", config))
+  name = "egd-rsvd" if method == "rsvd" else "egd"
+  if only is not None:
+    name += "-first-layer"
+  config = dataclasses.replace(config, polar_method=method)
+  return optimizers.build(name, config, models.MLP.first_kernel if only is None
+                          else only)

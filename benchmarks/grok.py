@@ -27,17 +27,19 @@ import statistics
 import sys
 from typing import Any
 
-import jax
 import optax
 
 from benchmarks import _common
-from experiments import models, optimizers, tasks, train
+from experiments import models, optimizers, registry, tasks, train
 import optax_egd
 
 POLAR_METHODS = tuple(m for m in optax_egd.METHODS if m != "auto")
 OPTIMIZERS = ("sgd", "official", "egd", *(f"egd-{m}" for m in POLAR_METHODS),
               "column-norm", "grokfast-ema", "orthograd", "adamw-wd1", "muon")
 BASELINES = ("sgd", "official")
+# Also every optimizer of the experiments' registry, at its defaults.
+CHOICES = (*OPTIMIZERS, *(n for n in registry.NAMES if n not in OPTIMIZERS))
+_POLAR = tuple(f"egd-{m}" for m in POLAR_METHODS)
 
 
 @dataclasses.dataclass
@@ -70,10 +72,11 @@ class Summary:
 
 def build_optimizer(name: str, config: optimizers.OptimizerConfig,
                     first_kernel: models.Path) -> optax.GradientTransformation:
-  """The optimizer ``name`` (see ``OPTIMIZERS``)."""
+  """The optimizer ``name``: one of ``OPTIMIZERS``, or of
+  :data:`experiments.registry.NAMES`."""
   if name == "official":
     return _common.egd_sgd("svd", config, only=first_kernel)
-  if name.startswith("egd-"):
+  if name in _POLAR:
     return _common.egd_sgd(name.removeprefix("egd-"), config)
   if name == "adamw-wd1":
     return optimizers.build(
@@ -85,7 +88,7 @@ def build_optimizer(name: str, config: optimizers.OptimizerConfig,
 def run_one(name: str, op: tasks.Operation, p: int, seed: int,
             config: train.TrainConfig, log_every: int) -> Row:
   """Trains the MLP on ``a op b mod p`` with optimizer ``name``."""
-  data, model = _common.paper_mlp_task(seed, p, op)
+  data, model, shuffle_key = _common.paper_mlp_setup(seed, p, op)
   tx = build_optimizer(name, optimizers.OptimizerConfig(seed=seed),
                        models.MLP.first_kernel)
   compiled, run = train.start(model, tx, data, config)
@@ -97,7 +100,7 @@ def run_one(name: str, op: tasks.Operation, p: int, seed: int,
             f"{h.test_acc[-1]:.3f} ({sum(h.seconds):.1f} s)", file=sys.stderr,
             flush=True)
 
-  run = train.train(compiled, run, jax.random.key(seed), config, log)
+  run = train.train(compiled, run, shuffle_key, config, log)
   h, result = run.result.history, run.result
   return Row(name, seed, result.epochs_to_target, result.seconds_to_target,
              h.epochs, sum(h.seconds), sum(h.seconds) / max(h.epochs, 1),
@@ -175,8 +178,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--task", choices=tasks.OPERATIONS, default="add",
                       help="a ∘ b mod p (default add)")
   parser.add_argument("--p", type=int, default=97)
-  parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS,
-                      default=list(OPTIMIZERS))
+  parser.add_argument("--optimizers", nargs="+", choices=CHOICES,
+                      default=list(OPTIMIZERS), metavar="NAME",
+                      help=f"from {', '.join(OPTIMIZERS)}, or any optimizer of "
+                      "experiments.registry (python -m experiments.grok "
+                      "--optimizer's choices); default: the former")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0])
   parser.add_argument("--batch-size", type=int, default=512)
   parser.add_argument("--max-epochs", type=int, default=10000)

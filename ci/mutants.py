@@ -47,6 +47,12 @@ T_HARNESS = "tests/test_optax_harness.py"
 T_RECIPE = "tests/test_recipe.py"
 T_VMAP = "tests/test_vmap.py"
 T_EXPORT = "tests/test_export.py"
+LEADERBOARD = "experiments/leaderboard.py"
+SWEEP = "experiments/sweep_grokfast.py"
+REGISTRY = "experiments/registry.py"
+T_LEADERBOARD = "tests/test_leaderboard.py"
+T_SWEEP = "tests/test_sweep_grokfast.py"
+T_REGISTRY = "tests/test_registry.py"
 
 
 class Mutant(NamedTuple):
@@ -150,6 +156,16 @@ MUTANTS = (
          POLAR, "y = polar_express_iteration(wide, schedule, precision or \"float32\")",
          "y = polar_express_iteration(wide, schedule, \"float32\")",
          (T_POLAR, T_TRANSFORM)),
+  Mutant("plugin-hash-unkeyed", "leaderboard: a plugin's file hash left out of the "
+         "row key (a changed file skips its runs)", LEADERBOARD,
+         'key.append(row["plugin"]["sha256"])', "pass", (T_LEADERBOARD,)),
+  Mutant("sweep-lr-knob", "sweep_grokfast: the swept lr always sets `lr`, not the "
+         "knob the optimizer's grid tunes", SWEEP,
+         "build, knob = spec.builder(), spec.tuned[0]",
+         'build, knob = spec.builder(), "lr"', (T_SWEEP,)),
+  Mutant("plugin-unregistered", "registry: a plugin's specs are not registered",
+         REGISTRY, "specs = [register(dataclasses.replace(s, plugin=marked))",
+         "specs = [(dataclasses.replace(s, plugin=marked))", (T_REGISTRY,)),
 )
 
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
 import pathlib
 import shlex
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -72,39 +73,134 @@ def stat(values: list[float], cap: float | None, digits: int = 0) -> str:
   return median if q1 == median == q3 else f"{median} [{q1}–{q3}]"
 
 
-def cells(rows: list[dict[str, Any]], task: str) -> list[dict[str, Any]]:
-  """Per optimizer of ``task``: its tune and eval rows, chosen config, status."""
+class Budget(NamedTuple):
+  """Configurations per optimizer and the seeds of a fill (full or ``--quick``)."""
+
+  trials: int
+  tune_seeds: tuple[int, ...]
+  eval_seeds: tuple[int, ...]
+
+
+FULL = Budget(leaderboard.TRIALS, leaderboard.TUNE_SEEDS, leaderboard.EVAL_SEEDS)
+QUICK = Budget(
+  leaderboard.QUICK_TRIALS, leaderboard.QUICK_TUNE_SEEDS, leaderboard.QUICK_EVAL_SEEDS
+)
+
+
+def cells(
+  rows: list[dict[str, Any]], task: str, budget: Budget = FULL
+) -> list[dict[str, Any]]:
+  """Per optimizer of ``task``: its tune and eval rows, chosen config, status
+  (plugin rows left out: :func:`plugin_cells`)."""
   out = []
+  rows = [r for r in rows if r.get("plugin") is None]
   for name in leaderboard.TASKS[task].optimizers:
-    configs = leaderboard.grid(task, name)
+    configs = leaderboard.grid(task, name, budget.trials)
     mine = [r for r in rows if r["task"] == task and r["optimizer"] == name]
     tune = [r for r in mine if r["phase"] == "tune" and r["config"] in configs]
-    chosen = leaderboard.choose(rows, task, name, configs, leaderboard.TUNE_SEEDS)
+    chosen = leaderboard.choose(rows, task, name, configs, budget.tune_seeds,
+                                budget is QUICK)  # fmt: skip
     evals = [
       r for r in mine
       if r["phase"] == "eval" and chosen is not None and r["config"] == chosen
-      and r["seed"] in leaderboard.EVAL_SEEDS
+      and r["seed"] in budget.eval_seeds
     ]  # fmt: skip
-    wanted_tune = len(configs) * len(leaderboard.TUNE_SEEDS)
+    wanted_tune = len(configs) * len(budget.tune_seeds)
     if not mine:
       status = "not run yet"
-    elif len(evals) >= len(leaderboard.EVAL_SEEDS):
+    elif len(evals) >= len(budget.eval_seeds):
       status = "done"
     elif chosen is None:
       status = f"tuning: {len(tune)}/{wanted_tune} runs"
     else:
-      status = f"evaluating: {len(evals)}/{len(leaderboard.EVAL_SEEDS)} seeds"
+      status = f"evaluating: {len(evals)}/{len(budget.eval_seeds)} seeds"
     out.append(dict(name=name, tune=tune, evals=evals, chosen=chosen, status=status,
                     configs=configs,
                     grok=leaderboard.grok_optimizer(task, name)))  # fmt: skip
   return out
 
 
-def tables(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-  """:func:`cells` of every task, ``--quick`` rows left out: computed once per
-  page, shared by its sections, summary and the README table."""
-  rows = [r for r in rows if not r.get("quick")]
-  return {task: cells(rows, task) for task in leaderboard.TASKS}
+def tables(
+  rows: list[dict[str, Any]], quick: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+  """:func:`cells` of every task, of the full rows (the ``--quick`` ones with
+  ``quick``): computed once per page, shared by its sections, summary and the
+  README table."""
+  rows = [r for r in rows if bool(r.get("quick")) == quick]
+  budget = QUICK if quick else FULL
+  return {task: cells(rows, task, budget) for task in leaderboard.TASKS}
+
+
+def plugin_cells(
+  rows: list[dict[str, Any]], budget: Budget = FULL
+) -> list[dict[str, Any]]:
+  """Per (plugin optimizer, file hash, task) with rows: as :func:`cells`, the
+  tried configurations read from the rows (the plugin's file is not needed).
+
+  >>> row = dict(task="add97-mlp", optimizer="lion", phase="eval", seed=0,
+  ...            config={"adam_lr": 1e-4}, steps_to_target=9, cap_steps=16,
+  ...            plugin={"source": "lion.py", "sha256": "ab" * 32})
+  >>> [(c["name"], c["status"]) for c in plugin_cells([row], QUICK)]
+  [('lion', 'evaluating: 1/2 seeds')]
+  """
+  out = []
+  keys = dict.fromkeys(
+    (r["optimizer"], r["plugin"]["sha256"], r["plugin"]["source"], r["task"])
+    for r in rows if r.get("plugin") is not None
+  )  # fmt: skip
+  for name, sha256, source, task in keys:
+    mine = [r for r in rows if r["optimizer"] == name and r["task"] == task
+            and r.get("plugin", {}).get("sha256") == sha256]  # fmt: skip
+    tune = [r for r in mine if r["phase"] == "tune"]
+    evals = [r for r in mine if r["phase"] == "eval" and r["seed"] in budget.eval_seeds]
+    chosen = evals[0]["config"] if evals else None
+    evals = [r for r in evals if r["config"] == chosen]
+    configs = list({json.dumps(r["config"]): r["config"] for r in tune}.values())
+    if len(evals) >= len(budget.eval_seeds):
+      status = "done"
+    elif evals:
+      status = f"evaluating: {len(evals)}/{len(budget.eval_seeds)} seeds"
+    else:
+      status = f"tuning: {len(tune)} runs"
+    out.append(dict(name=name, sha256=sha256, source=source, task=task, tune=tune,
+                    evals=evals, chosen=chosen, status=status,
+                    configs=configs or ([chosen] if chosen else [])))  # fmt: skip
+  return out
+
+
+def plugin_section(cells_: list[dict[str, Any]]) -> list[str]:
+  """The page's "Plugins" section (nothing without plugin rows)."""
+  if not cells_:
+    return []
+  out = [
+    "## Plugins",
+    "",
+    "Optimizers from files outside the package (`--plugin`, see *Add your "
+    "optimizer*), tuned and evaluated with the same budget and protocol as the "
+    "others. The SHA-256 of the file identifies the code that ran.",
+    "",
+    "| task | optimizer | plugin file (SHA-256) | tuned config | reached "
+    "| steps: median [IQR] | epochs: median [IQR] | status |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for cell in cells_:
+    evals = cell["evals"]
+    if evals:
+      cap = max(r["cap_steps"] for r in evals)
+      cap_epochs = max(r["cap_epochs"] for r in evals)
+      values = (
+        f"{_reached(cell)}/{len(evals)} | {stat(_steps(evals, 'steps'), cap)} "
+        f"| {stat(_steps(evals, 'epochs'), cap_epochs)}"
+      )
+    else:
+      values = "– | – | –"
+    source = pathlib.PurePath(cell["source"]).name
+    out.append(
+      f"| {cell['task']} | {cell['name']} (plugin) | `{source}` "
+      f"(`{cell['sha256'][:12]}`) | {config_text(cell['chosen'], cell['configs'])} "
+      f"| {values} | {cell['status']} |"
+    )
+  return [*out, ""]
 
 
 def _reached(cell: dict[str, Any]) -> int:
@@ -313,15 +409,88 @@ def headline(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:
   return out
 
 
+# The "Add your optimizer" section: a complete plugin file and the command
+# that tunes and evaluates it (tests/test_leaderboard.py runs both, --quick).
+PLUGIN_FILE = '''"""Lion (Chen et al. 2023) on the leaderboard: optax.lion."""
+
+import optax
+
+from experiments.registry import OptimizerConfig, OptimizerSpec
+
+
+def build(
+  config: OptimizerConfig, first_kernel: object
+) -> optax.GradientTransformation:
+  """Lion at the run's learning rate (with its warmup) and weight decay;
+  ``first_kernel``, the model's first weight matrix, is not used here."""
+  return optax.lion(
+    config.schedule(config.adam_lr), weight_decay=config.adam_weight_decay
+  )
+
+
+LION = OptimizerSpec(
+  name="lion",
+  build=build,
+  knobs=("adam_lr", "adam_weight_decay", "warmup_steps"),
+  family="adamw",  # tunes adam_lr and adam_weight_decay (0.1 and 1)
+  label="Lion",
+  # Lion's steps are sign vectors: a learning rate 3-10x below AdamW's.
+  centre={"mlp": 1e-4, "parity": 1e-4, "transformer": 1e-4, "mnist": 1e-4},
+)
+'''
+PLUGIN_COMMAND = (
+  "python -m experiments.leaderboard --plugin lion.py --tasks add97-mlp "
+  "--jsonl lion.jsonl"
+)
+
+
+def add_your_optimizer() -> list[str]:
+  """The page's "Add your optimizer" section."""
+  return [
+    "## Add your optimizer",
+    "",
+    "An optimizer defined in a file outside the package runs on the leaderboard "
+    "with the same budget and protocol as the built-in ones. The file defines an "
+    "`experiments.registry.OptimizerSpec`: its name, a builder that turns the "
+    "run's hyperparameters (an `OptimizerConfig`) into an optax transformation, "
+    "the hyperparameters (knobs) it reads, its family (`sgd`: the grid tunes "
+    "`lr`; `adamw`: `adam_lr` and `adam_weight_decay`; `tune=` picks others) and "
+    "the learning rate at the centre of its grid per task family. For Lion, as "
+    "`lion.py`:",
+    "",
+    "```python",
+    PLUGIN_FILE.rstrip(),
+    "```",
+    "",
+    "From the root of a clone (or with the clone on `PYTHONPATH`), this command "
+    "tunes and evaluates it on a task, appending its rows to `lion.jsonl` (a rerun "
+    "trains only the missing ones; `--print-grid` shows its grid and budget first, "
+    "`--quick` is a check that takes seconds):",
+    "",
+    "```bash",
+    PLUGIN_COMMAND,
+    "```",
+    "",
+    "The rows carry the file's SHA-256 (a changed file is another optimizer), and "
+    "`python docs/make_leaderboard.py --jsonl lion.jsonl --out lion.md` draws a "
+    "page whose *Plugins* section shows it. A module on the path works too "
+    "(`--plugin mypackage.lion`); `python -m experiments.grok --plugin lion.py "
+    "--optimizer lion` trains it once. Built into the package, an optimizer is "
+    "one entry of `experiments.registry.SPECS`.",
+    "",
+  ]
+
+
 def page(
   rows: list[dict[str, Any]],
   by_task: dict[str, list[dict[str, Any]]],
   figures: pathlib.Path,
   figure_link: str,
+  quick: bool = False,
 ) -> str:
-  """The markdown of the page (``by_task``: :func:`tables` of ``rows``); draws
-  the figures into ``figures``."""
-  rows = [r for r in rows if not r.get("quick")]
+  """The markdown of the page (``by_task``: :func:`tables` of ``rows``, of the
+  ``--quick`` rows with ``quick``); draws the figures into ``figures``."""
+  rows = [r for r in rows if bool(r.get("quick")) == quick]
   lines = [
     "# Leaderboard",
     "",
@@ -449,6 +618,8 @@ def page(
     *overview,
     "",
     *sections,
+    *plugin_section(plugin_cells(rows, QUICK if quick else FULL)),
+    *add_your_optimizer(),
   ]
   return "\n".join(lines).rstrip() + "\n"
 
@@ -464,10 +635,14 @@ def main(argv: list[str] | None = None) -> None:
     help="rewrite the table between this file's leaderboard markers "
     "(default: README.md when --jsonl and --out are the defaults)",
   )  # fmt: skip
+  p.add_argument(
+    "--quick", action="store_true",
+    help="the page of the --quick rows (a check of a fill) instead of the full ones",
+  )  # fmt: skip
   args = p.parse_args(argv)
   defaults = args.jsonl == ROOT / leaderboard.DEFAULT_JSONL and args.out == (
     DOCS / "leaderboard.md"
-  )
+  ) and not args.quick
   if args.readme is None and defaults:
     args.readme = ROOT / "README.md"
   if args.jsonl.exists() and not args.jsonl.is_file():
@@ -479,8 +654,8 @@ def main(argv: list[str] | None = None) -> None:
     else str(args.figures.resolve())
   )
   rows = leaderboard.read_rows(args.jsonl)
-  by_task = tables(rows)
-  text = page(rows, by_task, args.figures, link)
+  by_task = tables(rows, args.quick)
+  text = page(rows, by_task, args.figures, link, args.quick)
   args.out.write_text(text)
   print(f"wrote {args.out}")
   if args.readme is not None:

@@ -5,8 +5,10 @@ the leaderboard's rows)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 import datetime
 import importlib
+import math
 import os
 import pathlib
 import platform
@@ -98,3 +100,28 @@ def provenance(module: str, argv: Sequence[str]) -> dict[str, Any]:
     "versions": versions(),
     "machine": machine(),
   }
+
+
+def json_safe(value: Any) -> Any:
+  """``value`` as JSON can hold it: NaN and infinities (a diverged loss)
+  become None, dataclasses dicts, tuples lists, NumPy values Python ones,
+  paths and dict keys strings. The one sanitizer of every record the
+  experiments and benchmarks write.
+
+  >>> import numpy as np
+  >>> json_safe({"loss": float("nan"), 1: (np.float32(0.5), pathlib.Path("a"))})
+  {'loss': None, '1': [0.5, 'a']}
+  """
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return json_safe(dataclasses.asdict(value))
+  if isinstance(value, dict):
+    return {str(k): json_safe(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [json_safe(v) for v in value]
+  if type(value).__module__ == "numpy":  # a NumPy scalar or array
+    return json_safe(value.tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, pathlib.Path):
+    return str(value)
+  return value

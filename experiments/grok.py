@@ -52,12 +52,13 @@ import pathlib
 import shutil
 import statistics
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 # JAX, Flax, Orbax and matplotlib are imported where they are used, so that
 # ``--help`` and usage errors come before (and without) them.
-from experiments import _cli, _threads, optimizer_names
+from experiments import _cli, _threads, registry
 from experiments._cli import integer, number
+from experiments._machine import json_safe
 
 if TYPE_CHECKING:
   import jax
@@ -85,7 +86,7 @@ _GROKFAST = dict(
   loss="cross_entropy",
   warmup_steps=10,
   target_accuracy=0.95,
-  optimizer=optimizer_names.GROKFAST_DEFAULT,
+  optimizer=registry.GROKFAST_DEFAULT,
   # egdm, momentum 0.9 (not 0.95: 400 against 570 steps over seeds 0-4,
   # experiments/results/grokfast_recipe_eval.json), at the leaderboard's tuned
   # configuration: lr 0.03 with weight decay 0.1 on the matrices, the best of
@@ -122,27 +123,23 @@ _FALLBACK = dict(
 )
 _OPTIMIZER_FIELDS = {
   f.name: int if "int" in str(f.type) else float
-  for f in dataclasses.fields(optimizer_names.OptimizerConfig)
+  for f in dataclasses.fields(registry.OptimizerConfig)
   if f.name not in ("seed", "polar_method")
 }
-# Accepted values of the optimizer options (a field missing here: any finite value).
-_OPTIMIZER_RANGES = {
-  "lr": number(0, low_open=True),
-  "momentum": number(0, 1, high_open=True),
-  "adam_lr": number(0, low_open=True),
-  "b1": number(0, 1, high_open=True),
-  "b2": number(0, 1, high_open=True),
-  "adam_weight_decay": number(0),
-  "weight_decay": number(0),
-  "muon_lr": number(0, low_open=True),
-  "rank": integer(1),
-  "ns_steps": integer(1),
-  "ema_alpha": number(0, 1, high_open=True),
-  "ema_lamb": number(0),
-  "ma_window": integer(1),
-  "ma_lamb": number(0),
-  "warmup_steps": integer(0),
-}
+
+
+def _knob_type(name: str, kind: type) -> Any:
+  """The argparse type of knob ``name``: its registry range, else any finite
+  value of its kind."""
+  bounds = registry.KNOB_RANGES.get(name)
+  if bounds is None:
+    return integer() if kind is int else number()
+  if bounds.integer:
+    return integer(bounds.low, bounds.high)  # type: ignore[arg-type]
+  return number(bounds.low, bounds.high, low_open=bounds.low_open,
+                high_open=bounds.high_open)  # fmt: skip
+
+
 # Options a resumed run may change; any other option must match the checkpoint's.
 RESUMABLE_CHANGES = frozenset(
   {"max_epochs", "no_stop", "checkpoint_every", "resume", "overwrite", "no_progress"}
@@ -151,7 +148,7 @@ RESUMABLE_CHANGES = frozenset(
 )
 # Options that steer the command, not the runs: left out of results.json.
 PLUMBING = frozenset({"overwrite", "resume", "no_progress", "optimizer", "preset"})
-# The options an optimizer may read (optimizer_names.KNOBS): one none of the
+# The options an optimizer may read (registry.KNOBS): one none of the
 # chosen optimizers reads is a usage error; results.json records the others.
 KNOB_OPTIONS = (*_OPTIMIZER_FIELDS, "polar_method")
 MNIST_IMAGES = 5000  # the images tasks.mnist reads; n_train of them train
@@ -272,11 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     "--optimizer",
     "--optimizers",
     dest="optimizer",
-    help=f"comma-separated, from: {', '.join(optimizer_names.NAMES)} (default egd; "
-    f"{optimizer_names.GROKFAST_DEFAULT} for --preset grokfast)",
+    help=f"comma-separated, from: {', '.join(registry.NAMES)} (default egd; "
+    f"{registry.GROKFAST_DEFAULT} for --preset grokfast)",
+  )
+  opt.add_argument(
+    "--plugin",
+    action="append",
+    metavar="FILE.py|MODULE",
+    help="a Python file or module defining an experiments.registry.OptimizerSpec: "
+    "its optimizers join the --optimizer choices (repeatable)",
   )
   for name, kind in _OPTIMIZER_FIELDS.items():
-    kind = _OPTIMIZER_RANGES.get(name, integer() if kind is int else number())
+    kind = _knob_type(name, kind)
     opt.add_argument(
       f"--{name.replace('_', '-')}",
       type=kind,
@@ -284,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
   opt.add_argument(
     "--polar-method",
-    choices=optimizer_names.POLAR_METHODS,
+    choices=registry.POLAR_METHODS,
     help="the polar method of the EGD optimizers (egd, egd-first-layer, adam-egd,"
     " momentum-egd*, egdm); default auto (svd on CPU, polar_express_exact on"
     " GPU/TPU); polar_express_exact on CPU reproduces the accelerators' choice",
@@ -388,10 +392,10 @@ def _knob_help(name: str) -> str:
   >>> _knob_help("muon_lr")
   'default 0.02 unless the task sets it; read by muon'
   """
-  readers = optimizer_names.readers(name)
+  readers = registry.readers(name)
   by_value: dict[Any, list[str]] = {}
   for reader in readers:
-    by_value.setdefault(optimizer_names.default(reader, name), []).append(reader)
+    by_value.setdefault(registry.default(reader, name), []).append(reader)
   common = max(by_value, key=lambda value: len(by_value[value]))
   shown = "the polar method's" if common is None else str(common)
   others = "; ".join(
@@ -401,17 +405,17 @@ def _knob_help(name: str) -> str:
   )
   text = f"default {shown}" + (f" ({others})" if others else "")
   text += " unless the task sets it; read by "
-  sgd_based = {f"{p}" for p in optimizer_names.PRECONDITIONERS} & set(readers)
-  adamw_based = {f"{p}-adamw" for p in optimizer_names.PRECONDITIONERS} & set(readers)
+  sgd_based = {f"{p}" for p in registry.PRECONDITIONERS} & set(readers)
+  adamw_based = {f"{p}-adamw" for p in registry.PRECONDITIONERS} & set(readers)
   named = [r for r in readers if r not in sgd_based | adamw_based]
   if {"momentum-egd", "momentum-egd-first-layer"} <= set(named):
     named = [r for r in named if r != "momentum-egd-first-layer"]
     named[named.index("momentum-egd")] = "momentum-egd*"
-  if len(sgd_based) == len(optimizer_names.PRECONDITIONERS):
+  if len(sgd_based) == len(registry.PRECONDITIONERS):
     named.append("the SGD-based preconditioners")
   else:
     named += sorted(sgd_based, key=readers.index)
-  if len(adamw_based) == len(optimizer_names.PRECONDITIONERS):
+  if len(adamw_based) == len(registry.PRECONDITIONERS):
     named.append("the -adamw preconditioners")
   else:
     named += sorted(adamw_based, key=readers.index)
@@ -421,6 +425,39 @@ def _knob_help(name: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """Parse the command line; task-dependent options stay None until :func:`resolve`."""
   return build_parser().parse_args(argv)
+
+
+def options(**values: Any) -> argparse.Namespace:
+  """The unresolved options of a run given as Python values (``p=97`` for
+  ``--p 97``), as :func:`parse_args` returns them: for code that builds runs,
+  with no command line to parse. A TypeError names an unknown option.
+
+  >>> options(task="parity", k=3) == parse_args(["--task", "parity", "--k", "3"])
+  True
+  """
+  args = parse_args([])
+  for name, value in values.items():
+    if name not in vars(args):
+      raise TypeError(f"{PROG} has no option {_option(name)}")
+    setattr(args, name, value)
+  return args
+
+
+def argv(values: dict[str, Any]) -> list[str]:
+  """The command-line options that ``options(**values)`` stands for (a true
+  flag bare, a list repeated, floats as ``repr`` writes them).
+
+  >>> argv({"task": "mod_add", "p": 97, "label_noise": 0.05, "no_stop": True})
+  ['--task', 'mod_add', '--p', '97', '--label-noise', '0.05', '--no-stop']
+  """
+  out: list[str] = []
+  for name, value in values.items():
+    if value is True:
+      out.append(_option(name))
+    elif value is not None and value is not False:
+      for item in value if isinstance(value, list) else [value]:
+        out += [_option(name), repr(item) if isinstance(item, float) else str(item)]
+  return out
 
 
 def _error(message: str) -> NoReturn:
@@ -478,17 +515,22 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
       setattr(args, name, value)
   for name in _OPTIMIZER_FIELDS:
     if getattr(args, name) is None:
-      setattr(args, name, getattr(optimizer_names.OptimizerConfig(), name))
+      setattr(args, name, getattr(registry.OptimizerConfig(), name))
   if args.task == "parity" and args.n is None:
     _error(f"--task parity --k {args.k} has no preset: give --n")
+  for source in args.plugin or ():
+    try:
+      registry.load_plugin(source)
+    except ValueError as error:
+      _error(f"argument --plugin: {error}")
   args.optimizers = _cli.name_list(args.optimizer)
   problem = _cli.check_names(
-    "argument --optimizer", args.optimizers, optimizer_names.NAMES
+    "argument --optimizer", args.optimizers, tuple(registry.SPECS)
   )
   if problem:
     _error(problem)
   for name in given:
-    if not any(name in optimizer_names.KNOBS[o] for o in args.optimizers):
+    if not any(name in registry.KNOBS[o] for o in args.optimizers):
       _error(f"argument {_option(name)}: " + _unread(args.optimizers))
   if args.polar_method is None:
     args.polar_method = "auto"
@@ -502,7 +544,7 @@ def _unread(names: list[str]) -> str:
   """Why an optimizer option is refused: what ``names`` read instead."""
   reads = "; ".join(
     f"{name} reads "
-    + (", ".join(map(_option, optimizer_names.KNOBS[name])) or "no optimizer option")
+    + (", ".join(map(_option, registry.KNOBS[name])) or "no optimizer option")
     for name in names
   )
   verb = "does" if len(names) == 1 else "do"
@@ -511,11 +553,11 @@ def _unread(names: list[str]) -> str:
 
 def knobs(args: argparse.Namespace, name: str) -> dict[str, Any]:
   """The hyperparameters optimizer ``name`` runs with: those it reads
-  (:data:`optimizer_names.KNOBS`), unset ones at its own defaults."""
+  (:data:`registry.KNOBS`), unset ones at its own defaults."""
   values = {}
-  for knob in optimizer_names.KNOBS[name]:
+  for knob in registry.KNOBS[name]:
     value = getattr(args, knob)
-    values[knob] = optimizer_names.default(name, knob) if value is None else value
+    values[knob] = registry.default(name, knob) if value is None else value
   return values
 
 
@@ -650,18 +692,35 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
   )
 
 
+class Setup(NamedTuple):
+  """What a seed fixes of a run: the data split, the initialized model and
+  the key of the epochs' shuffles."""
+
+  data: tasks.Dataset
+  model: Any
+  shuffle_key: Any
+
+
+def setup(args: argparse.Namespace, seed: int) -> Setup:
+  """The data, model and shuffle key of ``seed`` for the (resolved) options:
+  the one place a seed becomes a run, so that every optimizer, command and
+  benchmark given a seed starts from the same split, weights and shuffles."""
+  import jax
+
+  data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
+  data = make_data(args, data_key)
+  return Setup(data, make_model(args, data, init_key), shuffle_key)
+
+
 def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   """Train optimizer ``name`` with ``seed``, checkpointing and resuming as asked."""
-  import jax
   from tqdm import tqdm
 
   from experiments import optimizers
   from experiments.checkpoint import CheckpointError
   from experiments.train import Run, start, train
 
-  data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
-  data = make_data(args, data_key)
-  model = make_model(args, data, init_key)
+  data, model, shuffle_key = setup(args, seed)
   optimizer = optimizers.build(
     name, optimizer_config(args, seed), type(model).first_kernel
   )
@@ -705,9 +764,9 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
 
 def optimizer_config(
   args: argparse.Namespace, seed: int
-) -> optimizer_names.OptimizerConfig:
+) -> registry.OptimizerConfig:
   """The hyperparameters of the (resolved) options, for :func:`optimizers.build`."""
-  return optimizer_names.OptimizerConfig(
+  return registry.OptimizerConfig(
     seed=seed,
     polar_method=args.polar_method,
     **{f: getattr(args, f) for f in _OPTIMIZER_FIELDS},
@@ -723,7 +782,6 @@ def run_vectorized(
 ) -> list[RunResult]:
   """:func:`run_one` for every seed of ``seeds`` in one vectorized program
   (same data, weights, shuffles and results per seed; no checkpoints)."""
-  import jax
   from tqdm import tqdm
 
   from experiments import optimizers
@@ -731,9 +789,7 @@ def run_vectorized(
 
   models_, optimizers_, datas, shuffle_keys = [], [], [], []
   for seed in seeds:
-    data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
-    data = make_data(args, data_key)
-    model = make_model(args, data, init_key)
+    data, model, shuffle_key = setup(args, seed)
     models_.append(model)
     optimizers_.append(
       optimizers.build(name, optimizer_config(args, seed), type(model).first_kernel)
@@ -792,7 +848,7 @@ def results_config(args: argparse.Namespace) -> dict[str, Any]:
   settings that apply (options the task, model or run does not use are None
   and left out), the optimizer options that some of ``args.optimizers``
   reads, and none of the command's plumbing (:data:`PLUMBING`)."""
-  read = {knob for name in args.optimizers for knob in optimizer_names.KNOBS[name]}
+  read = {knob for name in args.optimizers for knob in registry.KNOBS[name]}
   return {
     k: str(v) if isinstance(v, pathlib.Path) else v
     for k, v in vars(args).items()
@@ -833,7 +889,7 @@ def check_resume(args: argparse.Namespace) -> None:
       current = run_config(args, name, seed)
       # Checkpoints of older versions also hold the options the optimizer does
       # not read, and the command's plumbing: neither changed the run.
-      ignored = PLUMBING | (set(KNOB_OPTIONS) - set(optimizer_names.KNOBS[name]))
+      ignored = PLUMBING | (set(KNOB_OPTIONS) - set(registry.KNOBS[name]))
       differ = [f for f in config_differences(stored, current) if f not in ignored]
       if differ:
         changes = ", ".join(
@@ -884,17 +940,6 @@ def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
   if has_egd:
     record["egd_off_epoch"] = result.egd_off_epoch
   return record
-
-
-def json_safe(value: Any) -> Any:
-  """``value`` with NaN and infinities (a diverged loss) replaced by None."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: json_safe(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [json_safe(v) for v in value]
-  return value
 
 
 def summarize(

@@ -42,7 +42,7 @@ The per-task options and optimizer grids are in :data:`TASKS` and
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 import contextlib
 import dataclasses
 import datetime
@@ -57,8 +57,8 @@ import sys
 import time
 from typing import Any
 
-from experiments import _cli, _threads, grok, optimizer_names
-from experiments._machine import machine
+from experiments import _cli, _threads, grok, registry
+from experiments._machine import json_safe, machine
 
 DEFAULT_JSONL = pathlib.Path("experiments/results/leaderboard.jsonl")
 TUNE_SEEDS = (100, 101)
@@ -78,23 +78,38 @@ class Task:
   """One leaderboard task.
 
   Attributes:
-    argv: the :mod:`experiments.grok` options that select it.
+    options: the :mod:`experiments.grok` options that select it, as Python
+      values (``{"task": "mod_add", "p": 97}``: ``--task mod_add --p 97``).
     baseline: ``"sgd"`` or ``"adamw"``, as the task's paper trains it.
     cap_steps: optimizer steps per run at most (rounded up to whole epochs).
     family: ``"mlp"`` (the EGD paper's MLP, modular), ``"parity"``,
       ``"transformer"`` or ``"mnist"``: picks the optimizers' learning rates.
     optimizers: the optimizers run by default.
     source: the paper whose setup this is.
-    quick_argv: tiny options for ``--quick``.
+    quick_options: tiny options for ``--quick``.
   """
 
-  argv: tuple[str, ...]
+  options: Mapping[str, Any]
   baseline: str
   cap_steps: int
   family: str
   optimizers: tuple[str, ...]
   source: str
-  quick_argv: tuple[str, ...] = ()
+  quick_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def argv(self) -> tuple[str, ...]:
+    """:attr:`options` as the command line writes them.
+
+    >>> TASKS["parity-100-3"].argv
+    ('--task', 'parity', '--k', '3')
+    """
+    return tuple(grok.argv(dict(self.options)))
+
+  @property
+  def quick_argv(self) -> tuple[str, ...]:
+    """:attr:`quick_options` as the command line writes them."""
+    return tuple(grok.argv(dict(self.quick_options)))
 
 
 # Leaderboard optimizer names (see OPTIMIZERS) run everywhere.
@@ -129,63 +144,63 @@ OPTIMIZERS = {
   "column-norm": "column normalization in front of the baseline",
 }
 
-_MLP_QUICK = ("--p", "11", "--hidden", "16", "--batch-size", "16")
-_PARITY_QUICK = ("--n", "20", "--n-train", "64", "--n-test", "64", "--hidden", "16")
-_TRANSFORMER_QUICK = ("--p", "11", "--d-model", "16", "--heads", "2", "--layers", "1")
-_MLP_VARIANTS = {
-  "noise5": ("--label-noise", "0.05"),
-  "noise10": ("--label-noise", "0.1"),
-  "frac0.3": ("--train-fraction", "0.3"),
-  "frac0.7": ("--train-fraction", "0.7"),
-  "bs32": ("--batch-size", "32"),
-  "bs128": ("--batch-size", "128"),
+_MLP_QUICK = dict(p=11, hidden=16, batch_size=16)
+_PARITY_QUICK = dict(n=20, n_train=64, n_test=64, hidden=16)
+_TRANSFORMER_QUICK = dict(p=11, d_model=16, heads=2, layers=1)
+_MLP_VARIANTS: dict[str, dict[str, Any]] = {
+  "noise5": dict(label_noise=0.05),
+  "noise10": dict(label_noise=0.1),
+  "frac0.3": dict(train_fraction=0.3),
+  "frac0.7": dict(train_fraction=0.7),
+  "bs32": dict(batch_size=32),
+  "bs128": dict(batch_size=128),
 }
 _EGD_PAPER = "EGD paper (Saheb Pasand & Dohmatob, ICLR 2026), its official scripts"
 TASKS: dict[str, Task] = {
   "add97-mlp": Task(
-    ("--task", "mod_add", "--p", "97"), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "mod_add", *_MLP_QUICK),
+    dict(task="mod_add", p=97), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="mod_add", **_MLP_QUICK),
   ),
   "mul97-mlp": Task(
-    ("--task", "mod_mul", "--p", "97"), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "mod_mul", *_MLP_QUICK),
+    dict(task="mod_mul", p=97), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="mod_mul", **_MLP_QUICK),
   ),
   "parity-400-2": Task(
-    ("--task", "parity", "--k", "2"), "sgd", 18600, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "parity", "--k", "2", *_PARITY_QUICK),
+    dict(task="parity", k=2), "sgd", 18600, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="parity", k=2, **_PARITY_QUICK),
   ),
   **{
     f"add97-mlp-{name}": Task(
-      ("--task", "mod_add", "--p", "97", *extra), "sgd", 2700, "mlp",
-      VARIANT_OPTIMIZERS, _EGD_PAPER + ", with " + " ".join(extra),
-      ("--task", "mod_add", *_MLP_QUICK, *(extra if "noise" in name else ())),
+      dict(task="mod_add", p=97, **extra), "sgd", 2700, "mlp",
+      VARIANT_OPTIMIZERS, _EGD_PAPER + ", with " + " ".join(grok.argv(extra)),
+      dict(task="mod_add", **_MLP_QUICK, **(extra if "noise" in name else {})),
     )
     for name, extra in _MLP_VARIANTS.items()
   },
   "grokfast": Task(
-    ("--preset", "grokfast"), "adamw", 1000, "transformer", ALL_OPTIMIZERS,
+    dict(preset="grokfast"), "adamw", 1000, "transformer", ALL_OPTIMIZERS,
     "Grokfast (Lee et al. 2024), ironjr/grokfast main.py",
-    ("--preset", "grokfast", *_TRANSFORMER_QUICK),
+    dict(preset="grokfast", **_TRANSFORMER_QUICK),
   ),
   "add97-transformer": Task(
-    ("--task", "mod_add", "--p", "97", "--encoding", "tokens"), "adamw", 3000,
+    dict(task="mod_add", p=97, encoding="tokens"), "adamw", 3000,
     "transformer", ALL_OPTIMIZERS,
     "Power et al. 2022 style: a + b mod 97, 50% train, 2-layer decoder "
     "(d_model 128, 4 heads), AdamW β2 0.98, 10-step warmup",
-    ("--task", "mod_add", "--encoding", "tokens", *_TRANSFORMER_QUICK),
+    dict(task="mod_add", encoding="tokens", **_TRANSFORMER_QUICK),
   ),
   "parity-100-3": Task(
-    ("--task", "parity", "--k", "3"), "sgd", 62000, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "parity", "--k", "3", *_PARITY_QUICK),
+    dict(task="parity", k=3), "sgd", 62000, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="parity", k=3, **_PARITY_QUICK),
   ),
   "parity-50-4": Task(
-    ("--task", "parity", "--k", "4"), "sgd", 62000, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, ("--task", "parity", "--k", "4", *_PARITY_QUICK),
+    dict(task="parity", k=4), "sgd", 62000, "parity", ALL_OPTIMIZERS,
+    _EGD_PAPER, dict(task="parity", k=4, **_PARITY_QUICK),
   ),
   "mnist": Task(
-    ("--task", "mnist"), "adamw", 2000, "mnist", ALL_OPTIMIZERS,
+    dict(task="mnist"), "adamw", 2000, "mnist", ALL_OPTIMIZERS,
     "Omnigrok (Liu et al. 2023): 1000 training images, MSE, init ×8",
-    ("--task", "mnist", "--n-train", "100", "--width", "16"),
+    dict(task="mnist", n_train=100, width=16),
   ),
 }
 # Cheapest first: the order the sweep runs them in.
@@ -193,69 +208,45 @@ QUICK_TASKS = ("add97-mlp",)
 QUICK_OPTIMIZERS = ("baseline", "egd")
 QUICK_CAP_STEPS = 8
 
-# Learning rates at the centre of each grid: the papers' where they exist (SGD
-# and EGD: the EGD paper's; AdamW 1e-3: Grokfast's and Power et al.'s; Muon
-# and egdm: the best of experiments/results/grokfast_sweep.json on the
-# transformer), else the nearest measured value in experiments/results.
-_SGD_LR = {"mlp": 0.7, "parity": None, "transformer": 0.05, "mnist": 0.05}
-_CENTRE = {
-  "egdm": {"mlp": 0.1, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
-  "adam-egd": {"mlp": 0.05, "parity": 0.01, "transformer": 0.02, "mnist": 0.1},
-  "muon": {"mlp": 0.06, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
-  "adamw": {"mlp": 1e-3, "parity": 1e-3, "transformer": 1e-3, "mnist": 1e-3},
-}
-_WEIGHT_DECAYS = {"adamw": (0.1, 1.0), "other": (0.0, 0.1)}
+def grok_options(task: str, name: str) -> tuple[str, dict[str, Any]]:
+  """The :mod:`experiments.grok` optimizer name of leaderboard optimizer
+  ``name`` on ``task``, and any other grok options it needs (Python values).
+
+  >>> grok_options("add97-mlp", "perp-adamw")
+  ('orthograd-adamw', {'loss': 'stablemax_cross_entropy'})
+  """
+  base = TASKS[task].baseline
+  if name == "baseline":
+    return base, {}
+  if name in ("grokfast-ema", "grokfast-ma", "column-norm"):
+    return (name if base == "sgd" else f"{name}-adamw"), {}
+  if name == "perp-adamw":
+    sign_task = TASKS[task].family == "parity"
+    return "orthograd-adamw", {} if sign_task else {"loss": "stablemax_cross_entropy"}
+  return name, {}
 
 
 def grok_optimizer(task: str, name: str) -> tuple[str, tuple[str, ...]]:
-  """The :mod:`experiments.grok` optimizer name of leaderboard optimizer
-  ``name`` on ``task``, and any extra grok options it needs.
+  """:func:`grok_options` with the other options as the command line writes them.
 
   >>> grok_optimizer("grokfast", "grokfast-ema")
   ('grokfast-ema-adamw', ())
   >>> grok_optimizer("add97-mlp", "perp-adamw")
   ('orthograd-adamw', ('--loss', 'stablemax_cross_entropy'))
   """
-  base = TASKS[task].baseline
-  if name == "baseline":
-    return base, ()
-  if name in ("grokfast-ema", "grokfast-ma", "column-norm"):
-    return (name if base == "sgd" else f"{name}-adamw"), ()
-  if name == "perp-adamw":
-    sign_task = TASKS[task].family == "parity"
-    loss = () if sign_task else ("--loss", "stablemax_cross_entropy")
-    return "orthograd-adamw", loss
-  return name, ()
+  grok_name, extra = grok_options(task, name)
+  return grok_name, tuple(grok.argv(extra))
 
 
-def _lr_key(grok_name: str) -> str:
-  if grok_name == "muon":
-    return "muon_lr"
-  if grok_name == "adamw" or grok_name.endswith("-adamw"):
-    return "adam_lr"
-  return "lr"
-
-
-def _wd_key(grok_name: str) -> str | None:
-  if grok_name == "egdm":
-    return "weight_decay"
-  if grok_name in ("muon", "adam-egd", "adamw") or grok_name.endswith("-adamw"):
-    return "adam_weight_decay"
-  return None  # SGD-based: the task's l2 in the loss, not tuned
-
-
-def _centre(task: str, grok_name: str) -> float:
+def _centre(task: str, spec: registry.OptimizerSpec) -> float:
+  """The learning rate at the centre of ``spec``'s grid on ``task``."""
   family = TASKS[task].family
-  key = _lr_key(grok_name)
-  if key == "adam_lr":
-    return _CENTRE["adamw"][family]
-  if key == "muon_lr":
-    return _CENTRE["muon"][family]
-  if grok_name in _CENTRE:
-    return _CENTRE[grok_name][family]
-  if family == "parity":  # the EGD paper's per-k learning rate
-    return grok._PARITY[int(TASKS[task].argv[-1])]["lr"]  # type: ignore[return-value]
-  return _SGD_LR[family]  # type: ignore[return-value]
+  centre = spec.centres[family]
+  if centre is not None:
+    return centre
+  # The task's own SGD learning rate (on parity, the EGD paper's per k).
+  own = grok.resolve(grok.options(**TASKS[task].options, optimizer="sgd"))
+  return own.lr
 
 
 def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
@@ -264,25 +255,19 @@ def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
   Learning-rate-only optimizers: the centre learning rate times
   :data:`LR_FACTORS` (the first ``trials``, widest spread kept); with a
   weight decay: :data:`WD_LR_FACTORS` × two decays (0.1 and 1 for AdamW, 0
-  and 0.1 for the others). A ValueError if the optimizer does not read a
-  knob its grid would tune (:data:`experiments.optimizer_names.KNOBS`).
+  and 0.1 for the others). The knobs and the centre are the optimizer's
+  registry entry's (:attr:`experiments.registry.OptimizerSpec.tune` and
+  ``centre``).
   """
   grok_name, _ = grok_optimizer(task, name)
-  lr_key, wd_key = _lr_key(grok_name), _wd_key(grok_name)
-  for key in (lr_key, wd_key):
-    # Tuning a knob the optimizer does not read is the same run, `trials` times.
-    if key is not None and key not in optimizer_names.KNOBS[grok_name]:
-      raise ValueError(
-        f"{name} on {task}: {grok_name} does not read {key} "
-        f"(it reads {', '.join(optimizer_names.KNOBS[grok_name])}); "
-        "no grid tunes it"
-      )
-  centre = _centre(task, grok_name)
+  spec = registry.get(grok_name)
+  lr_key, wd_key = (*spec.tuned, None)[:2]
+  centre = _centre(task, spec)
   rounded = lambda v: float(f"{v:.4g}")
   if wd_key is None:
     factors = LR_FACTORS if trials == len(LR_FACTORS) else LR_FACTORS[1 : 1 + trials]
     return [{lr_key: rounded(centre * f)} for f in factors][:trials]
-  decays = _WEIGHT_DECAYS["adamw" if lr_key == "adam_lr" else "other"]
+  decays = registry.ADAMW_DECAYS if lr_key == "adam_lr" else registry.OTHER_DECAYS
   configs = [
     {lr_key: rounded(centre * f), wd_key: d} for d in decays for f in WD_LR_FACTORS
   ]
@@ -299,9 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--optimizers",
-    help=f"comma-separated, from: {', '.join(OPTIMIZERS)} (default: each "
+    help=f"comma-separated, from: {', '.join(OPTIMIZERS)}, or any --optimizer of "
+    "python -m experiments.grok or a --plugin (default: each "
     "task's own list: all of them, the MLP variants "
     f"{', '.join(VARIANT_OPTIMIZERS)})",
+  )
+  p.add_argument(
+    "--plugin",
+    action="append",
+    metavar="FILE.py|MODULE",
+    help="a Python file or module defining an experiments.registry.OptimizerSpec "
+    "(see docs/leaderboard.md, 'Add your optimizer'): its optimizers are tuned and "
+    "evaluated like the others, and run by default instead of the built-in ones "
+    "(repeatable)",
   )
   p.add_argument(
     "--phase",
@@ -339,20 +334,85 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  """Parse and check the options; a bad one is a one-line usage error."""
+def choices() -> tuple[str, ...]:
+  """The ``--optimizers`` choices: :data:`OPTIMIZERS`, then every registered
+  optimizer (plugins loaded so far included).
+
+  >>> choices()[:3], "sgd" in choices()
+  (('baseline', 'egd-first-layer', 'egd'), True)
+  """
+  return tuple(dict.fromkeys([*OPTIMIZERS, *registry.SPECS]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """What one ``python -m experiments.leaderboard`` runs: its checked options.
+
+  Attributes:
+    tasks: the tasks, in the order they run.
+    optimizers: the leaderboard optimizers; None: each task's own list.
+    phase: ``"tune"``, ``"eval"`` or ``"both"``.
+    quick: tiny tasks, cap, trials and seeds (``--quick``).
+    jsonl: the rows file.
+    max_runs: stop after training this many runs (None: all).
+    print_grid: print the grids and budget instead of training.
+
+  >>> sweep = Sweep(tasks=("add97-mlp",), quick=True)
+  >>> sweep.trials, sweep.tune_seeds, sweep.eval_seeds
+  (2, (100,), (0, 1))
+  """
+
+  tasks: tuple[str, ...] = tuple(TASKS)
+  optimizers: tuple[str, ...] | None = None
+  phase: str = "both"
+  quick: bool = False
+  jsonl: pathlib.Path = DEFAULT_JSONL
+  max_runs: int | None = None
+  print_grid: bool = False
+
+  @property
+  def trials(self) -> int:
+    """Configurations per optimizer and task."""
+    return QUICK_TRIALS if self.quick else TRIALS
+
+  @property
+  def tune_seeds(self) -> tuple[int, ...]:
+    """The tuning seeds."""
+    return QUICK_TUNE_SEEDS if self.quick else TUNE_SEEDS
+
+  @property
+  def eval_seeds(self) -> tuple[int, ...]:
+    """The evaluation seeds."""
+    return QUICK_EVAL_SEEDS if self.quick else EVAL_SEEDS
+
+
+def parse_args(argv: list[str] | None = None) -> Sweep:
+  """Parse and check the options (loading ``--plugin`` files); a bad one is a
+  one-line usage error."""
   p = build_parser()
   args = p.parse_args(argv)
+  plugins: list[str] = []
+  for source in args.plugin or ():
+    try:
+      plugins += [spec.name for spec in registry.load_plugin(source)]
+    except ValueError as error:
+      p.error(f"argument --plugin: {error}")
+    clash = [name for name in plugins if name in OPTIMIZERS]
+    if clash:
+      p.error(f"argument --plugin: {source}: {clash[0]!r} is a leaderboard name")
   tasks = QUICK_TASKS if args.quick else tuple(TASKS)
-  args.task_ids = _cli.name_list(args.tasks) if args.tasks is not None else list(tasks)
-  problem = _cli.check_names("argument --tasks", args.task_ids, tuple(TASKS))
+  task_ids = _cli.name_list(args.tasks) if args.tasks is not None else list(tasks)
+  problem = _cli.check_names("argument --tasks", task_ids, tuple(TASKS))
+  optimizers: list[str] | None
   if args.optimizers is not None:
-    args.optimizer_names = _cli.name_list(args.optimizers)
+    optimizers = _cli.name_list(args.optimizers)
     problem = problem or _cli.check_names(
-      "argument --optimizers", args.optimizer_names, tuple(OPTIMIZERS)
+      "argument --optimizers", optimizers, choices()
     )
+  elif plugins:
+    optimizers = plugins
   else:
-    args.optimizer_names = list(QUICK_OPTIMIZERS) if args.quick else None
+    optimizers = list(QUICK_OPTIMIZERS) if args.quick else None
   if problem:
     p.error(problem)
   if args.jsonl.exists() and not args.jsonl.is_file():
@@ -361,16 +421,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = _cli.unwritable(args.jsonl.parent)
     if problem:
       p.error(f"argument --jsonl: {problem}")
-  args.tune_seeds = QUICK_TUNE_SEEDS if args.quick else TUNE_SEEDS
-  args.eval_seeds = QUICK_EVAL_SEEDS if args.quick else EVAL_SEEDS
-  args.trials = QUICK_TRIALS if args.quick else TRIALS
-  return args
+  return Sweep(
+    tasks=tuple(task_ids),
+    optimizers=None if optimizers is None else tuple(optimizers),
+    phase=args.phase,
+    quick=args.quick,
+    jsonl=args.jsonl,
+    max_runs=args.max_runs,
+    print_grid=args.print_grid,
+  )
 
 
-def optimizers_of(args: argparse.Namespace, task: str) -> list[str]:
+def optimizers_of(sweep: Sweep, task: str) -> list[str]:
   """The optimizers to run on ``task``: ``--optimizers`` or the task's own."""
-  if args.optimizer_names is not None:
-    return list(args.optimizer_names)
+  if sweep.optimizers is not None:
+    return list(sweep.optimizers)
   return list(TASKS[task].optimizers)
 
 
@@ -396,22 +461,36 @@ def cap_epochs(cap_steps: int, steps_per_epoch: int) -> int:
   return -(-cap_steps // steps_per_epoch)
 
 
+def run_options(
+  task: str, name: str, config: dict[str, float], quick: bool
+) -> dict[str, Any]:
+  """The :mod:`experiments.grok` options of one run, cap excluded, as Python
+  values (:func:`experiments.grok.options` takes them)."""
+  grok_name, extra = grok_options(task, name)
+  spec = TASKS[task]
+  options = {**(spec.quick_options if quick else spec.options), "optimizer": grok_name}
+  plugin = registry.get(grok_name).plugin
+  if plugin is not None:
+    options["plugin"] = [plugin.source]
+  return {**options, **extra, **config}
+
+
 def run_argv(task: str, name: str, config: dict[str, float], quick: bool) -> list[str]:
-  """The :mod:`experiments.grok` options of one run, cap excluded."""
-  grok_name, extra = grok_optimizer(task, name)
-  argv = [*task_argv(task, quick), "--optimizer", grok_name, *extra]
-  for key, value in config.items():
-    argv += [f"--{key.replace('_', '-')}", repr(value)]
-  return argv
+  """:func:`run_options` as the command line writes them (rows' ``command``).
+
+  >>> run_argv("parity-100-3", "egd", {"lr": 0.04}, quick=False)
+  ['--task', 'parity', '--k', '3', '--optimizer', 'egd', '--lr', '0.04']
+  """
+  return grok.argv(run_options(task, name, config, quick))
 
 
 def resolved(task: str, name: str, config: dict[str, float], quick: bool) -> Any:
-  """The resolved :mod:`experiments.grok` namespace of a run, with its cap set
+  """The resolved :mod:`experiments.grok` options of a run, with its cap set
   (``max_epochs`` covering the task's cap steps)."""
   from experiments.train import steps_per_epoch
 
-  argv = run_argv(task, name, config, quick)
-  args = grok.resolve(grok.parse_args([*argv, "--max-epochs", "1"]))
+  options = run_options(task, name, config, quick)
+  args = grok.resolve(grok.options(**options, max_epochs=1))
   per_epoch = steps_per_epoch(grok.train_size(args), grok.train_config(args))
   cap = QUICK_CAP_STEPS if quick else TASKS[task].cap_steps
   args.max_epochs = cap_epochs(cap, per_epoch)
@@ -421,12 +500,13 @@ def resolved(task: str, name: str, config: dict[str, float], quick: bool) -> Any
 
 
 def row_key(row: dict[str, Any]) -> str:
-  """What identifies a run: task, optimizer, phase, seed, config, quick."""
-  return json.dumps(
-    [row["task"], row["optimizer"], row["phase"], row["seed"], row["config"],
-     bool(row.get("quick"))],
-    sort_keys=True,
-  )
+  """What identifies a run: task, optimizer, phase, seed, config, quick, and a
+  plugin's SHA-256 (a changed plugin file is another optimizer)."""
+  key = [row["task"], row["optimizer"], row["phase"], row["seed"], row["config"],
+         bool(row.get("quick"))]  # fmt: skip
+  if row.get("plugin") is not None:
+    key.append(row["plugin"]["sha256"])
+  return json.dumps(key, sort_keys=True)
 
 
 def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -486,7 +566,7 @@ def claim(path: pathlib.Path, key: str) -> bool:
 def append(path: pathlib.Path, row: dict[str, Any]) -> None:
   """Append ``row`` as one line, under the lock."""
   with locked(path), open(path, "a") as f:
-    f.write(json.dumps(grok.json_safe(row)) + "\n")
+    f.write(json.dumps(json_safe(row)) + "\n")
 
 
 def train_row(
@@ -530,7 +610,15 @@ def train_row(
     "machine": machine(),
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "jax": jax.__version__,
+    **_plugin_field(args.optimizers[0]),
   }
+
+
+def _plugin_field(grok_name: str) -> dict[str, Any]:
+  """``{"plugin": {"source": ..., "sha256": ...}}`` for a plugin optimizer,
+  else nothing (the rows of built-in optimizers keep their keys)."""
+  plugin = registry.get(grok_name).plugin
+  return {} if plugin is None else {"plugin": dataclasses.asdict(plugin)}
 
 
 def _score(rows: list[dict[str, Any]]) -> tuple[float, float]:
@@ -548,11 +636,13 @@ def choose(
   configs: list[dict[str, float]],
   seeds: tuple[int, ...],
   quick: bool = False,
+  sha256: str | None = None,
 ) -> dict[str, float] | None:
   """The tuned configuration of (``task``, ``name``): the one of ``configs``
   with the fewest median steps to target over ``seeds`` (unreached: the cap),
   ties to the higher median best test accuracy, then the earlier config.
-  None until every tune row is in ``rows``.
+  None until every tune row is in ``rows``. ``sha256``: only the rows of the
+  plugin file with this hash (None: the rows of no plugin).
 
   >>> row = lambda lr, s: dict(task="t", optimizer="o", phase="tune", seed=0,
   ...   config={"lr": lr}, steps_to_target=s, cap_steps=100, best_test_acc=0.9)
@@ -563,6 +653,7 @@ def choose(
     r for r in rows
     if r["task"] == task and r["optimizer"] == name and r["phase"] == "tune"
     and bool(r.get("quick")) == quick
+    and (r.get("plugin") or {}).get("sha256") == sha256
   ]  # fmt: skip
   scores = []
   for i, config in enumerate(configs):
@@ -573,78 +664,80 @@ def choose(
   return configs[min(scores)[2]] if scores else None
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, dict[str, float]]]:
+def plan(sweep: Sweep) -> list[tuple[str, str, str, int, dict[str, float]]]:
   """Every (task, optimizer, phase, seed, config) the options ask for, in the
   order they run: task by task, optimizer by optimizer, tune before eval
   (eval entries have an empty config: chosen when they run)."""
   entries = []
-  for task in args.task_ids:
-    for name in optimizers_of(args, task):
-      if args.phase in ("tune", "both"):
-        for seed in args.tune_seeds:
-          for config in grid(task, name, args.trials):
+  for task in sweep.tasks:
+    for name in optimizers_of(sweep, task):
+      if sweep.phase in ("tune", "both"):
+        for seed in sweep.tune_seeds:
+          for config in grid(task, name, sweep.trials):
             entries.append((task, name, "tune", seed, config))
-      if args.phase in ("eval", "both"):
-        for seed in args.eval_seeds:
+      if sweep.phase in ("eval", "both"):
+        for seed in sweep.eval_seeds:
           entries.append((task, name, "eval", seed, {}))
   return entries
 
 
-def print_grid(args: argparse.Namespace) -> None:
+def print_grid(sweep: Sweep) -> None:
   """The grid and budget of every selected task and optimizer."""
-  mode = "--quick" if args.quick else "full"
+  mode = "--quick" if sweep.quick else "full"
   print(
-    f"{mode}: {args.trials} configurations per optimizer, each on tuning seeds "
-    f"{list(args.tune_seeds)}; the chosen one on evaluation seeds "
-    f"{list(args.eval_seeds)}; {args.trials * len(args.tune_seeds)} tuning runs "
-    f"+ {len(args.eval_seeds)} evaluation runs per optimizer and task"
+    f"{mode}: {sweep.trials} configurations per optimizer, each on tuning seeds "
+    f"{list(sweep.tune_seeds)}; the chosen one on evaluation seeds "
+    f"{list(sweep.eval_seeds)}; {sweep.trials * len(sweep.tune_seeds)} tuning runs "
+    f"+ {len(sweep.eval_seeds)} evaluation runs per optimizer and task"
   )
-  for task in args.task_ids:
+  for task in sweep.tasks:
     spec = TASKS[task]
-    cap = QUICK_CAP_STEPS if args.quick else spec.cap_steps
-    options = shlex.join(task_argv(task, args.quick))
+    cap = QUICK_CAP_STEPS if sweep.quick else spec.cap_steps
+    options = shlex.join(task_argv(task, sweep.quick))
     print(f"\n{task}: python -m experiments.grok {options}")
     print(f"  {spec.source}; baseline {spec.baseline}; cap {cap} steps")
-    for name in optimizers_of(args, task):
+    for name in optimizers_of(sweep, task):
       grok_name, extra = grok_optimizer(task, name)
       configs = ", ".join(
         " ".join(f"{k}={v:g}" for k, v in c.items())
-        for c in grid(task, name, args.trials)
+        for c in grid(task, name, sweep.trials)
       )
       print(f"  {name:16s} {grok_name} {' '.join(extra)}: {configs}")
 
 
 def main(argv: list[str] | None = None) -> None:
   """Run every missing row of the plan, appending each to ``--jsonl``."""
-  args = parse_args(argv)
-  if args.print_grid:
-    print_grid(args)
+  sweep = parse_args(argv)
+  if sweep.print_grid:
+    print_grid(sweep)
     return
   print(_threads.describe(), flush=True)
   ran = 0
   waiting: list[str] = []
   failed: list[str] = []
-  for task, name, phase, seed, config in plan(args):
+  for task, name, phase, seed, config in plan(sweep):
     if phase == "eval":
+      plugin = registry.get(grok_optimizer(task, name)[0]).plugin
       chosen = choose(
-        read_rows(args.jsonl), task, name, grid(task, name, args.trials),
-        args.tune_seeds, args.quick,
+        read_rows(sweep.jsonl), task, name, grid(task, name, sweep.trials),
+        sweep.tune_seeds, sweep.quick, None if plugin is None else plugin.sha256,
       )  # fmt: skip
       if chosen is None:
         waiting.append(f"{task}/{name}")
         continue
       config = chosen
     key = row_key(dict(task=task, optimizer=name, phase=phase, seed=seed,
-                       config=config, quick=args.quick))  # fmt: skip
-    if not claim(args.jsonl, key):
+                       config=config, quick=sweep.quick,
+                       **_plugin_field(grok_optimizer(task, name)[0])))  # fmt: skip
+    if not claim(sweep.jsonl, key):
       continue
     try:
-      row = train_row(task, name, phase, seed, config, args.quick)
+      row = train_row(task, name, phase, seed, config, sweep.quick)
     except Exception as error:  # one broken run must not end a long sweep
       failed.append(f"{task}/{name}/{phase}/seed {seed}")
       print(f"{task} {name} {phase} seed {seed}: FAILED: {error!r}", flush=True)
       continue
-    append(args.jsonl, row)
+    append(sweep.jsonl, row)
     ran += 1
     shown = " ".join(f"{k}={v:g}" for k, v in config.items())
     print(
@@ -652,12 +745,12 @@ def main(argv: list[str] | None = None) -> None:
       f"(cap {row['cap_steps']}, {row['seconds_run']:.1f} s)",
       flush=True,
     )
-    if args.max_runs is not None and ran >= args.max_runs:
+    if sweep.max_runs is not None and ran >= sweep.max_runs:
       break
   if waiting:
     cells = ", ".join(dict.fromkeys(waiting))
     print(f"eval waits for tune rows of: {cells}; rerun when they are in")
-  print(f"{ran} runs appended to {args.jsonl}")
+  print(f"{ran} runs appended to {sweep.jsonl}")
   if failed:
     listed = ", ".join(failed)
     print(f"{len(failed)} runs failed (no row; a rerun retries them): {listed}")

@@ -45,6 +45,7 @@ from typing import Any
 import jax
 import optax
 
+from experiments import registry
 from experiments.models import (
   Path,
   is_kernel,
@@ -52,7 +53,7 @@ from experiments.models import (
   matrix_dimension_numbers,
   path_keys,
 )
-from experiments.optimizer_names import (  # noqa: F401 (re-exported)
+from experiments.registry import (  # noqa: F401 (re-exported)
   BASES,
   COMPOSED,
   DEFAULT_MOMENTUM,
@@ -137,7 +138,9 @@ def preconditioner(
   raise ValueError(f"unknown preconditioner {name!r}; choose from {PRECONDITIONERS}")
 
 
-def base(name: str, config: OptimizerConfig) -> optax.GradientTransformation:
+def base(
+  name: str, config: OptimizerConfig, first_kernel: Path | None = None
+) -> optax.GradientTransformation:
   """``sgd`` or ``adamw`` with the configured hyperparameters."""
   if name == "sgd":
     beta = momentum("sgd", config)
@@ -192,40 +195,48 @@ def egd_on_smoothed(
   return optax.partition({"egd": matrices, "adamw": rest}, labels)
 
 
+def muon(
+  config: OptimizerConfig, first_kernel: Path | None = None
+) -> optax.GradientTransformation:
+  """``optax.contrib.muon`` on the kernels (``muon_lr``, ``adam_weight_decay``)."""
+  return optax.contrib.muon(
+    config.schedule(config.muon_lr),
+    weight_decay=config.adam_weight_decay,
+    muon_weight_dimension_numbers=matrix_dimension_numbers,
+  )
+
+
+def egdm(
+  config: OptimizerConfig, first_kernel: Path | None = None
+) -> optax.GradientTransformation:
+  """``optax_egd.egdm`` with the configured ``lr``, momentum and weight decay."""
+  return optax_egd.egdm(
+    config.schedule(config.lr),
+    momentum=momentum("egdm", config),
+    weight_decay=config.weight_decay,
+    key=config.seed,
+    method=config.polar_method,
+  )
+
+
+def preconditioned(
+  name: str, base_name: str, config: OptimizerConfig, first_kernel: Path
+) -> optax.GradientTransformation:
+  """Preconditioner ``name`` in front of ``base_name`` (``sgd`` or ``adamw``)."""
+  return optax.chain(
+    preconditioner(name, config, first_kernel), base(base_name, config)
+  )
+
+
 def build(
   name: str, config: OptimizerConfig, first_kernel: Path
 ) -> optax.GradientTransformation:
-  """The optimizer named ``name`` (one of :data:`NAMES`).
+  """The optimizer named ``name``: its :mod:`experiments.registry` builder.
 
   Args:
-    name: optimizer name.
+    name: optimizer name (one of :data:`experiments.registry.SPECS`).
     config: hyperparameters.
     first_kernel: path of the model's first kernel (``model.first_kernel``),
       used by ``egd-first-layer``.
   """
-  if name not in NAMES:
-    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(NAMES)}")
-  if name in BASES:
-    return base(name, config)
-  if name == "muon":
-    return optax.contrib.muon(
-      config.schedule(config.muon_lr),
-      weight_decay=config.adam_weight_decay,
-      muon_weight_dimension_numbers=matrix_dimension_numbers,
-    )
-  if name == "egdm":
-    return optax_egd.egdm(
-      config.schedule(config.lr),
-      momentum=momentum("egdm", config),
-      weight_decay=config.weight_decay,
-      key=config.seed,
-      method=config.polar_method,
-    )
-  if name in COMPOSED:
-    return egd_on_smoothed(name, config, first_kernel)
-  if name.endswith("-adamw"):
-    return optax.chain(
-      preconditioner(name.removesuffix("-adamw"), config, first_kernel),
-      base("adamw", config),
-    )
-  return optax.chain(preconditioner(name, config, first_kernel), base("sgd", config))
+  return registry.get(name).builder()(config, first_kernel)

@@ -41,8 +41,7 @@ from typing import Any
 
 import jax
 
-from experiments import _cli, _threads, grok, optimizers
-from experiments._machine import cpu_model
+from experiments import _cli, _machine, _threads, grok, optimizers, registry
 
 # Task id → the ``experiments.grok`` options that select it.
 TASKS: dict[str, tuple[str, ...]] = {
@@ -58,15 +57,6 @@ TASKS: dict[str, tuple[str, ...]] = {
   },
 }
 OPTIMIZERS = ("sgd", "egd-first-layer", "egd-rsvd-first-layer", "column-norm")
-LABELS = {
-  "sgd": "SGD",
-  "egd": "EGD (SVD, every matrix)",
-  "egd-first-layer": "EGD (SVD)",
-  "egd-rsvd-first-layer": "EGD (RSVD)",
-  "column-norm": "column norm",
-  "momentum-egd-first-layer": "EGD on momentum (first layer)",
-  "adam-egd": "Adam → EGD",
-}
 BASELINE = "sgd"
 QUICK = dict(tasks="add-97,parity-400-2", seeds=1, max_epochs=300)
 TARGET = 0.95
@@ -257,7 +247,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
   ]
   for row in rows:
     lines.append(
-      f"| {row['task']} | {LABELS.get(row['optimizer'], row['optimizer'])} "
+      f"| {row['task']} | {registry.get(row['optimizer']).shown} "
       f"| {row['reached']}/{row['runs']} | {_cell(row['epochs'], 0)} "
       f"| {_cell(row['seconds'], 1)} | {row['epochs_vs_sgd'] or '–'} "
       f"| {row['seconds_vs_sgd'] or '–'} |"
@@ -266,14 +256,12 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
 
 
 def machine() -> dict[str, Any]:
-  """Where the table was measured."""
+  """Where the table was measured: :func:`experiments._machine.machine` with
+  the three load averages, the JAX version and the date."""
   return {
-    "cpu": cpu_model(),
-    "cpus": os.cpu_count(),
+    **_machine.machine(),
     "load_average": os.getloadavg(),
-    "blas_threads": _threads.describe(),
     "jax": jax.__version__,
-    "backend": jax.default_backend(),
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
   }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 import dataclasses
+import functools
 import json
 import pathlib
 import shlex
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments import _threads, models, tasks
+from experiments import _threads, grok, models, registry, tasks
 from experiments.train import TrainConfig, make_epoch_fn, steps_per_epoch
 import optax_egd
 from optax_egd import baselines
@@ -198,12 +199,45 @@ CONFIGS: dict[str, tuple[str, Factory]] = {
 }
 
 
+def factory(name: str) -> Factory:
+  """The learning-rate factory of configuration ``name``: one of
+  :data:`CONFIGS`, else an optimizer of :mod:`experiments.registry` (a plugin
+  too, once loaded) at its defaults, the learning rate setting the first knob
+  its grids tune (``lr``, ``adam_lr``, ``muon_lr``, ...).
+
+  >>> factory("egd-first-layer").__name__, describe("egd-first-layer")
+  ('make', "experiments.registry's egd-first-layer at its defaults, lr = lr")
+  """
+  if name in CONFIGS:
+    return CONFIGS[name][1]
+  spec = registry.get(name)
+  build, knob = spec.builder(), spec.tuned[0]
+
+  def make(learning_rate: Any) -> optax.GradientTransformation:
+    config = dataclasses.replace(registry.OptimizerConfig(), **{knob: learning_rate})
+    return build(config, models.GrokfastDecoder.first_kernel)
+
+  return make
+
+
+def describe(name: str) -> str:
+  """What configuration ``name`` runs (see :func:`factory`)."""
+  if name in CONFIGS:
+    return CONFIGS[name][0]
+  knob = registry.get(name).tuned[0]
+  return f"experiments.registry's {name} at its defaults, {knob} = lr"
+
+
+@functools.cache
+def _preset() -> Any:
+  """The resolved options of ``python -m experiments.grok --preset grokfast``."""
+  return grok.resolve(grok.parse_args(["--preset", "grokfast"]))
+
+
 def seed_setup(seed: int) -> tuple[tasks.Dataset, models.GrokfastDecoder, jax.Array]:
-  """Data, model and shuffle key of ``seed``, exactly as ``experiments.grok``."""
-  data_key, init_key, shuffle_key = jax.random.split(jax.random.key(seed), 3)
-  data = tasks.grokfast_multiplication(data_key)
-  model = models.GrokfastDecoder(data.vocab_size, rngs=nnx.Rngs(params=init_key))
-  return data, model, shuffle_key
+  """Data, model and shuffle key of ``seed``: ``experiments.grok``'s own
+  (:func:`experiments.grok.setup` of the preset)."""
+  return tuple(grok.setup(_preset(), seed))  # type: ignore[return-value]
 
 
 def warmed_up(factory: Factory, lr: float) -> optax.GradientTransformation:
@@ -327,7 +361,16 @@ def main(argv: list[str] | None = None) -> None:
   )
   p.add_argument(
     "--configs",
-    help=f"comma-separated, NAME (at every --lrs) or NAME@LR: {', '.join(CONFIGS)}",
+    help=f"comma-separated, NAME (at every --lrs) or NAME@LR: {', '.join(CONFIGS)}, "
+    "or any optimizer of experiments.registry (python -m experiments.grok "
+    "--optimizer's choices) at its defaults",
+  )
+  p.add_argument(
+    "--plugin",
+    action="append",
+    metavar="FILE.py|MODULE",
+    help="a file or module defining an experiments.registry.OptimizerSpec: its "
+    "optimizers join the --configs choices (repeatable)",
   )
   p.add_argument("--lrs", default="", help="comma-separated learning rates")
   p.add_argument("--seeds", type=int, default=3)
@@ -340,12 +383,18 @@ def main(argv: list[str] | None = None) -> None:
     return
   if not args.configs or args.out is None:
     p.error("--configs and --out are required (unless --report)")
+  for source in args.plugin or ():
+    try:
+      registry.load_plugin(source)
+    except ValueError as error:
+      p.error(f"argument --plugin: {error}")
   lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else []
   plan: list[tuple[str, float]] = []
   for entry in (e.strip() for e in args.configs.split(",") if e.strip()):
     name, _, lr = entry.partition("@")
-    if name not in CONFIGS:
-      p.error(f"--configs: unknown {name!r}; choose from {', '.join(CONFIGS)}")
+    if name not in CONFIGS and name not in registry.SPECS:
+      p.error(f"--configs: unknown {name!r}; choose from {', '.join(CONFIGS)} or "
+              f"{', '.join(n for n in registry.SPECS if n not in CONFIGS)}")
     plan += [(name, float(lr))] if lr else [(name, v) for v in lrs]
   config = TrainConfig(batch_size=512, drop_last=False, l2=0.0, loss="cross_entropy")
   per_epoch = steps_per_epoch(4656, config)
@@ -356,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     f"python -m experiments.sweep_grokfast {command}"
   )
   record["configs"] = {n: d for n, (d, _) in CONFIGS.items()}
+  record["configs"].update({name: describe(name) for name, _ in plan})
   record["cap_steps"] = args.max_steps
   done = {(c["config"], c["lr"], c["seed"]) for c in record["cells"]}
   print(_threads.describe(), flush=True)
@@ -365,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
       if (name, lr, seed) in done:
         continue
       if name not in runners:
-        runners[name] = Runner(CONFIGS[name][1], config)
+        runners[name] = Runner(factory(name), config)
       cell = {
         "config": name,
         "lr": lr,

@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments._cli import is_prime
+
 Operation = Literal["add", "sub", "mul", "div"]
 OPERATIONS: tuple[Operation, ...] = ("add", "sub", "mul", "div")
 Encoding = Literal["onehot", "tokens"]
@@ -72,11 +74,6 @@ class Dataset:
   num_classes: int
   num_features: int
   vocab_size: int = 0
-
-
-def is_prime(p: int) -> bool:
-  """Whether ``p`` is prime (trial division; p is small here)."""
-  return p >= 2 and all(p % d for d in range(2, int(p**0.5) + 1))
 
 
 def modular_table(op: Operation, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -194,7 +194,7 @@ def test_python_examples_in_the_docs_run(page: pathlib.Path, capsys):
   page prints what it says it prints."""
   if page.name == "lapack_deadlock.md":
     # Its block is the jaxlib CPU deadlock reproduction: it may hang by design
-    # (benchmarks/lapack_deadlock_repro.py runs it with a deadline).
+    # (tools/lapack_deadlock_repro.py runs it with a deadline).
     pytest.skip("the deadlock reproduction may hang by design")
   _run_blocks(_python_blocks(page), str(page))
   printed = capsys.readouterr().out

@@ -115,3 +115,31 @@ def test_muon_momentum_variant_is_muon_with_beta_09(params):
   expected, _ = _two_updates((tx, jax.jit(tx.update)), params)
   np.testing.assert_allclose(_leaves(update), _leaves(expected), atol=1e-6)
   assert np.max(np.abs(_leaves(update) - _leaves(default))) > 1e-4
+
+
+def test_a_registry_optimizer_runs_at_the_swept_learning_rate():
+  """A name outside CONFIGS is the registry's optimizer at its defaults, the
+  swept lr setting the knob its grids tune: sgd's update is -lr·g (times the
+  warmup's 1/10 at the second step), adamw's lr is adam_lr."""
+  params = {"w": np.ones((3, 4), np.float32), "b": np.zeros(4, np.float32)}
+  tx = sweep_grokfast.warmed_up(sweep_grokfast.factory("sgd"), 0.05)
+  update, _ = _two_updates((tx, tx.update), params)
+  g2 = _grads(params, 2)
+  np.testing.assert_allclose(_leaves(update), -0.05 * 0.1 * _leaves(g2), rtol=1e-6)
+  adamw = sweep_grokfast.warmed_up(sweep_grokfast.factory("adamw"), 0.05)
+  expected = sweep_grokfast.warmed_up(
+    lambda learning_rate: optax.adamw(learning_rate, 0.9, 0.98, weight_decay=0.0),
+    0.05)
+  np.testing.assert_allclose(
+    _leaves(_two_updates((adamw, adamw.update), params)[0]),
+    _leaves(_two_updates((expected, expected.update), params)[0]),
+    rtol=1e-6)
+  assert sweep_grokfast.describe("adamw").endswith("adam_lr = lr")
+
+
+def test_an_unknown_configuration_is_a_usage_error(capsys, tmp_path):
+  with pytest.raises(SystemExit) as info:
+    sweep_grokfast.main(["--configs", "nope", "--out", str(tmp_path / "s.json")])
+  assert info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "--configs: unknown 'nope'; choose from muon," in err and "sgd" in err

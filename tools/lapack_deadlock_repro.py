@@ -22,9 +22,9 @@ machine keeps computing: it is given up to 3x the deadline, then counted as
 Usage (prints versions, thread settings and hung/tries; exit code 1 if any
 try hung)::
 
-  python -m benchmarks.lapack_deadlock_repro --tries 5 --deadline 60
-  python -m benchmarks.lapack_deadlock_repro --variant unbatched
-  python -m benchmarks.lapack_deadlock_repro --gdb stacks.txt  # needs gdb
+  python tools/lapack_deadlock_repro.py --tries 5 --deadline 60
+  python tools/lapack_deadlock_repro.py --variant unbatched
+  python tools/lapack_deadlock_repro.py --gdb stacks.txt  # needs gdb
 
 ``--gdb FILE`` attaches gdb to the first hung child and writes
 ``thread apply all bt`` to FILE, with a one-screen summary on stdout.
