@@ -26,9 +26,13 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.experiments
 	$(BIN)/python -m experiments.demo
 
+# ruff check over all the Python; ruff format (2-space, see pyproject.toml)
+# and mypy over the experiments, benchmarks and tools too.
+LINT_PATHS := optax_egd experiments benchmarks tools
 lint: $(VENV)/.dev
-	$(BIN)/ruff check optax_egd
-	$(BIN)/mypy optax_egd
+	$(BIN)/ruff check $(LINT_PATHS) tests ci docs/*.py
+	$(BIN)/ruff format --check experiments benchmarks tools
+	$(BIN)/mypy $(LINT_PATHS)
 
 # `make test`: lint, docs, and every test but the `full` ones, on 2 pytest-xdist
 # workers (a test file per worker at a time: module fixtures run once).

@@ -36,12 +36,16 @@ RUNS_DIR = pathlib.Path("runs") / "bench"
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
   """The argument parser of ``python -m benchmarks.<name>``, with ``--out``."""
-  p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}",
-                              description=description)
+  p = argparse.ArgumentParser(
+    prog=f"python -m benchmarks.{name}", description=description
+  )
   p.add_argument(
-      "--out", type=pathlib.Path, metavar="DIR",
-      help=f"folder for the results (default: {RUNS_DIR}/{name}-<date>-<time>); "
-      "`--out benchmarks/results` refreshes the committed references")
+    "--out",
+    type=pathlib.Path,
+    metavar="DIR",
+    help=f"folder for the results (default: {RUNS_DIR}/{name}-<date>-<time>); "
+    "`--out benchmarks/results` refreshes the committed references",
+  )
   return p
 
 
@@ -104,31 +108,36 @@ def other_running_processes() -> int:
 
 def load() -> dict[str, Any]:
   """Load average (1, 5, 15 min) and the count of other running processes."""
-  return {"loadavg": [round(x, 2) for x in os.getloadavg()],
-          "other_running_processes": other_running_processes()}
+  return {
+    "loadavg": [round(x, 2) for x in os.getloadavg()],
+    "other_running_processes": other_running_processes(),
+  }
 
 
 def pool_line() -> str:
   """The XLA CPU thread-pool size (``NPROC``) if the environment sets it."""
   value = os.environ.get("NPROC")
-  return f"XLA CPU pool: NPROC={value} (from the environment)" if value else (
-      "XLA CPU pool: XLA's default size")
+  return (
+    f"XLA CPU pool: NPROC={value} (from the environment)"
+    if value
+    else ("XLA CPU pool: XLA's default size")
+  )
 
 
 def machine_info() -> dict[str, Any]:
   """Versions, device, CPU, thread settings and current load, for the header."""
   return {
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-      "cpu_model": cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "threads": {v: os.environ.get(v) for v in _threads.THREAD_VARIABLES},
-      "threads_line": _threads.describe(),
-      "pool_line": pool_line(),
-      "load_start": load(),
+    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "cpu_model": cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "threads": {v: os.environ.get(v) for v in _threads.THREAD_VARIABLES},
+    "threads_line": _threads.describe(),
+    "pool_line": pool_line(),
+    "load_start": load(),
   }
 
 
@@ -136,15 +145,21 @@ def print_header(title: str, info: dict[str, Any]) -> None:
   """Prints the machine description every benchmark starts with."""
   start = info["load_start"]
   print(f"# {title}")
-  print(f"jax {info['jax']} | backend {info['backend']} | devices "
-        f"{', '.join(info['devices'])}")
+  print(
+    f"jax {info['jax']} | backend {info['backend']} | devices "
+    f"{', '.join(info['devices'])}"
+  )
   print(f"CPU: {info['cpu_model']} x{info['cpu_count']} | {info['threads_line']}")
   print(info["pool_line"])
-  print(f"load average {start['loadavg']} | other running processes: "
-        f"{start['other_running_processes']}"
-        + ("  (shared machine: timings are noisy)"
-           if start["loadavg"][0] > 0.5 or start["other_running_processes"]
-           else ""))
+  print(
+    f"load average {start['loadavg']} | other running processes: "
+    f"{start['other_running_processes']}"
+    + (
+      "  (shared machine: timings are noisy)"
+      if start["loadavg"][0] > 0.5 or start["other_running_processes"]
+      else ""
+    )
+  )
   print()
 
 
@@ -164,9 +179,13 @@ def compile_fn(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
   return compiled, time.perf_counter() - t0
 
 
-def time_interleaved(calls: dict[str, Callable[[], Any]], *, repeats: int = 5,
-                     min_seconds: float = 0.2, max_repeats: int = 200
-                     ) -> dict[str, Timing]:
+def time_interleaved(
+  calls: dict[str, Callable[[], Any]],
+  *,
+  repeats: int = 5,
+  min_seconds: float = 0.2,
+  max_repeats: int = 200,
+) -> dict[str, Timing]:
   """Times each zero-argument call (compiled already) in interleaved rounds.
 
   One warm-up call each, then rounds that call every entry once, each call
@@ -186,13 +205,18 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, repeats: int = 5,
       times[name].append(time.perf_counter() - t0)
       total += times[name][-1]
     rounds += 1
-  return {name: Timing(statistics.median(t), min(t), len(t))
-          for name, t in times.items()}
+  return {
+    name: Timing(statistics.median(t), min(t), len(t)) for name, t in times.items()
+  }
 
 
-def write_json(path: str | pathlib.Path, info: dict[str, Any],
-               config: dict[str, Any], results: Any,
-               summary: Any = None) -> pathlib.Path:
+def write_json(
+  path: str | pathlib.Path,
+  info: dict[str, Any],
+  config: dict[str, Any],
+  results: Any,
+  summary: Any = None,
+) -> pathlib.Path:
   """Writes ``{"machine", "config", "results", "summary"}`` as JSON.
 
   ``info`` (from :func:`machine_info`) gets the load at the end of the run as
@@ -200,8 +224,12 @@ def write_json(path: str | pathlib.Path, info: dict[str, Any],
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  payload = {"machine": {**info, "load_end": load()}, "config": config,
-             "results": results, "summary": summary}
+  payload = {
+    "machine": {**info, "load_end": load()},
+    "config": config,
+    "results": results,
+    "summary": summary,
+  }
   path.write_text(json.dumps(json_safe(payload), indent=1) + "\n")
   return path
 
@@ -210,9 +238,9 @@ Column = tuple[str, str, str]
 """(key in the row dict, header, format spec such as ``".3g"``)."""
 
 
-def markdown_table(rows: Sequence[dict[str, Any]],
-                   columns: Sequence[Column]) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
   """A Markdown (pipe) table of ``rows``; missing/None cells print ``-``."""
+
   def cell(row: dict[str, Any], key: str, spec: str) -> str:
     value = row.get(key)
     if value is None:
@@ -220,12 +248,13 @@ def markdown_table(rows: Sequence[dict[str, Any]],
     if isinstance(value, float) and not np.isfinite(value):
       return str(value)
     return format(value, spec)
+
   body = [[cell(r, k, s) for k, _, s in columns] for r in rows]
   headers = [h for _, h, _ in columns]
-  widths = [max([len(h)] + [len(b[i]) for b in body])
-            for i, h in enumerate(headers)]
-  line = lambda cells: "| " + " | ".join(
-      c.rjust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+  widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers)]
+  line = lambda cells: (
+    "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+  )
   sep = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
   return "\n".join([line(headers), sep] + [line(b) for b in body])
 
@@ -235,49 +264,52 @@ MLP_HIDDEN = 512
 MLP_LR = 0.7
 
 
-def paper_mlp_setup(seed: int = 0, p: int = 97, op: tasks.Operation = "add"
-                    ) -> Any:
+def paper_mlp_setup(seed: int = 0, p: int = 97, op: tasks.Operation = "add") -> Any:
   """``a op b mod p`` (one-hot, 50% train split), the paper's MLP and the
   shuffle key of ``seed``: :func:`experiments.grok.setup` of ``python -m
   experiments.grok --task mod_<op> --p <p>``, so a seed here is the same run
   as there."""
-  args = grok.resolve(grok.parse_args(
-      ["--task", f"mod_{op}", "--p", str(p), "--optimizer", "sgd"]))
+  args = grok.resolve(
+    grok.parse_args(["--task", f"mod_{op}", "--p", str(p), "--optimizer", "sgd"])
+  )
   return grok.setup(args, seed)
 
 
-def paper_mlp_task(seed: int = 0, p: int = 97, op: tasks.Operation = "add"
-                   ) -> tuple[tasks.Dataset, models.MLP]:
+def paper_mlp_task(
+  seed: int = 0, p: int = 97, op: tasks.Operation = "add"
+) -> tuple[tasks.Dataset, models.MLP]:
   """The data and model of :func:`paper_mlp_setup`."""
   data, model, _ = paper_mlp_setup(seed, p, op)
   return data, model
 
 
-def make_loss(model: nnx.Module, data: tasks.Dataset, config: train.TrainConfig
-              ) -> tuple[Callable[[Any, jax.Array, jax.Array], jax.Array], Any]:
+def make_loss(
+  model: nnx.Module, data: tasks.Dataset, config: train.TrainConfig
+) -> tuple[Callable[[Any, jax.Array, jax.Array], jax.Array], Any]:
   """The training objective ``loss(params, x, y)`` of :mod:`experiments.train`
   (data loss plus ``0.5·l2·Σ‖W‖²``) and the model's parameters."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
 
   def loss(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
     outputs = nnx.merge(graphdef, params, rest)(x)
-    value, _ = train.loss_and_accuracy(outputs, y, data.num_classes,
-                                       config.loss)
+    value, _ = train.loss_and_accuracy(outputs, y, data.num_classes, config.loss)
     return value + config.l2 * train.l2_penalty(params)
 
   return loss, params
 
 
-def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
-                    data: tasks.Dataset, config: train.TrainConfig
-                    ) -> tuple[Callable[..., Any], Any]:
+def make_train_step(
+  model: nnx.Module,
+  optimizer: optax.GradientTransformation,
+  data: tasks.Dataset,
+  config: train.TrainConfig,
+) -> tuple[Callable[..., Any], Any]:
   """One training step ``step(params, opt_state, x, y) -> (params, opt_state)``
   (gradient of :func:`make_loss`'s objective, optimizer update, apply) and
   the initial parameters; the loop body of :func:`experiments.train`."""
   loss, params = make_loss(model, data, config)
 
-  def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array
-           ) -> tuple[Any, Any]:
+  def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any]:
     grads = jax.grad(loss)(params, x, y)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
@@ -285,8 +317,7 @@ def make_train_step(model: nnx.Module, optimizer: optax.GradientTransformation,
   return step, params
 
 
-def paper_mlp_gradients(sgd_epochs: int = 1, seed: int = 0
-                        ) -> dict[str, np.ndarray]:
+def paper_mlp_gradients(sgd_epochs: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
   """Real gradients of the paper's MLP early in training.
 
   Trains ``sgd_epochs`` epochs of plain SGD (lr 0.7, batch 512, l2 1e-4, 9
@@ -299,15 +330,16 @@ def paper_mlp_gradients(sgd_epochs: int = 1, seed: int = 0
   compiled, run = train.start(model, optax.sgd(MLP_LR), data, config)
   run = train.train(compiled, run, shuffle_key, config)
   loss, _ = make_loss(model, data, config)
-  batch = jax.random.permutation(jax.random.key(seed + 1),
-                                 data.x_train.shape[0])[:config.batch_size]
-  grads = jax.jit(jax.grad(loss))(run.params, data.x_train[batch],
-                                  data.y_train[batch])
+  batch = jax.random.permutation(jax.random.key(seed + 1), data.x_train.shape[0])[
+    : config.batch_size
+  ]
+  grads = jax.jit(jax.grad(loss))(run.params, data.x_train[batch], data.y_train[batch])
   return {name: np.asarray(grads[name]["kernel"]) for name in ("hidden", "out")}
 
 
-def egd_sgd(method: str, config: optimizers.OptimizerConfig,
-            only: models.Path | None = None) -> optax.GradientTransformation:
+def egd_sgd(
+  method: str, config: optimizers.OptimizerConfig, only: models.Path | None = None
+) -> optax.GradientTransformation:
   """``egd(method)`` on every kernel (or only the kernel at path ``only``),
   chained with SGD: the registry's ``egd`` / ``egd-first-layer`` (``egd-rsvd``
   / ``egd-rsvd-first-layer`` for ``"rsvd"``) with polar method ``method``.
@@ -319,5 +351,6 @@ def egd_sgd(method: str, config: optimizers.OptimizerConfig,
   if only is not None:
     name += "-first-layer"
   config = dataclasses.replace(config, polar_method=method)
-  return optimizers.build(name, config, models.MLP.first_kernel if only is None
-                          else only)
+  return optimizers.build(
+    name, config, models.MLP.first_kernel if only is None else only
+  )

@@ -85,8 +85,7 @@ SECTIONS = ("transformer", "demo", "grokfast", "polar")
 SKIPPED_BUDGET = "skipped: time budget"
 METHODS: tuple[str, ...] = tuple(optax_egd.METHODS)
 ACCEPTS_PRECISION = "precision" in inspect.signature(optax_egd.polar).parameters
-PRECISIONS: tuple[str, ...] = tuple(
-    getattr(polar_module, "PRECISIONS", ("float32",)))
+PRECISIONS: tuple[str, ...] = tuple(getattr(polar_module, "PRECISIONS", ("float32",)))
 MATMUL_METHODS = cost_model.MATMUL_METHODS
 DTYPES = ("float32", "bfloat16")
 RSVD_RANK = 128
@@ -125,15 +124,31 @@ class Sizes:
   grokfast_needs_s: float = 0.0
 
 
-FULL = Sizes(vocab=50257, seq=1024, d_model=768, heads=12, layers=12,
-             batches=(48, 32, 16, 8, 4, 2, 1), demo_p=97,
-             demo_max_epochs=2000, grokfast_args=("--max-epochs", "100"),
-             demo_needs_s=30.0, grokfast_needs_s=60.0)
-TINY = Sizes(vocab=64, seq=16, d_model=32, heads=2, layers=2, batches=(4, 2),
-             demo_p=37, demo_max_epochs=1,
-             grokfast_args=("--max-epochs", "1", "--p", "11",
-                            "--batch-size", "16"),
-             compute_dtype="float32")
+FULL = Sizes(
+  vocab=50257,
+  seq=1024,
+  d_model=768,
+  heads=12,
+  layers=12,
+  batches=(48, 32, 16, 8, 4, 2, 1),
+  demo_p=97,
+  demo_max_epochs=2000,
+  grokfast_args=("--max-epochs", "100"),
+  demo_needs_s=30.0,
+  grokfast_needs_s=60.0,
+)
+TINY = Sizes(
+  vocab=64,
+  seq=16,
+  d_model=32,
+  heads=2,
+  layers=2,
+  batches=(4, 2),
+  demo_p=37,
+  demo_max_epochs=1,
+  grokfast_args=("--max-epochs", "1", "--p", "11", "--batch-size", "16"),
+  compute_dtype="float32",
+)
 
 
 class Budget:
@@ -164,8 +179,9 @@ def polar_variants(methods: Sequence[str]) -> list[tuple[str, str]]:
   return out
 
 
-def polar_call(method: str, precision: str, shape: tuple[int, ...]
-               ) -> Callable[[jax.Array], jax.Array]:
+def polar_call(
+  method: str, precision: str, shape: tuple[int, ...]
+) -> Callable[[jax.Array], jax.Array]:
   """``x ↦ polar(x, method, ...)`` with the options the method needs."""
   kwargs: dict[str, Any] = {}
   if method == "rsvd":
@@ -175,8 +191,7 @@ def polar_call(method: str, precision: str, shape: tuple[int, ...]
   return lambda x: optax_egd.polar(x, method, **kwargs)
 
 
-def predicted_call_s(method: str, precision: str, shape: tuple[int, ...]
-                     ) -> float:
+def predicted_call_s(method: str, precision: str, shape: tuple[int, ...]) -> float:
   """The cost model's predicted seconds of one call on an H200; for the
   methods it has no device model for (eigh, qdwh, rsvd), their counted FLOPs
   at the QR rate it assumes (10% of the float32 peak)."""
@@ -209,8 +224,9 @@ class _References:
     work = math.prod(shape) * min(shape)
     return 0.0 if self.rate is None else work / self.rate
 
-  def get(self, shape: tuple[int, ...], dtype: str, host: np.ndarray
-          ) -> tuple[np.ndarray, float]:
+  def get(
+    self, shape: tuple[int, ...], dtype: str, host: np.ndarray
+  ) -> tuple[np.ndarray, float]:
     """The reference of ``host`` and the seconds it took (0 when cached)."""
     key = (shape, dtype)
     if key in self.cache:
@@ -224,10 +240,16 @@ class _References:
     return ref, seconds
 
 
-def run_polar(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
-              budget: Budget, section_s: float, max_call_s: float,
-              repeats: int, min_seconds: float, seed: int
-              ) -> list[dict[str, Any]]:
+def run_polar(
+  shapes: Sequence[tuple[int, int]],
+  methods: Sequence[str],
+  budget: Budget,
+  section_s: float,
+  max_call_s: float,
+  repeats: int,
+  min_seconds: float,
+  seed: int,
+) -> list[dict[str, Any]]:
   """Time and error of every (shape, dtype, method, precision).
 
   Two passes over the shapes (smallest first): the ``PRIORITY`` methods
@@ -238,10 +260,14 @@ def run_polar(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
   rows: list[dict[str, Any]] = []
   start = budget.elapsed()
   variants = polar_variants(methods)
-  passes = [[v for v in variants if v[0] in PRIORITY],
-            [v for v in variants if v[0] not in PRIORITY]]
-  inputs = {shape: np.random.default_rng([seed, *shape]).standard_normal(shape)
-            for shape in shapes}
+  passes = [
+    [v for v in variants if v[0] in PRIORITY],
+    [v for v in variants if v[0] not in PRIORITY],
+  ]
+  inputs = {
+    shape: np.random.default_rng([seed, *shape]).standard_normal(shape)
+    for shape in shapes
+  }
   refs = _References()
   over = lambda: budget.elapsed() - start > section_s or budget.left() <= 0
   for group in passes:
@@ -249,8 +275,9 @@ def run_polar(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
       for dtype in DTYPES:
         base = dict(shape=list(shape), dtype=dtype)
         if over():
-          rows += [dict(base, method=m, precision=p, status=SKIPPED_BUDGET)
-                   for m, p in group]
+          rows += [
+            dict(base, method=m, precision=p, status=SKIPPED_BUDGET) for m, p in group
+          ]
           continue
         x = jnp.asarray(inputs[shape], dtype)
         host = np.asarray(x.astype(jnp.float32))
@@ -258,53 +285,80 @@ def run_polar(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
         ref, ref_s = (None, 0.0)
         if refs.predicted_s(shape) < 0.5 * left or (shape, dtype) in refs.cache:
           ref, ref_s = refs.get(shape, dtype, host)
-        calls, compiled = {}, {}
+        calls: dict[str, Callable[[], Any]] = {}
+        compiled = {}
         for method, precision in group:
           key = f"{method}/{precision}"
-          row = dict(base, method=method, precision=precision,
-                     resolves_to=(optax_egd.auto_method(shape)
-                                  if method == "auto" else method))
+          row: dict[str, Any] = dict(
+            base,
+            method=method,
+            precision=precision,
+            resolves_to=(optax_egd.auto_method(shape) if method == "auto" else method),
+          )
           predicted = predicted_call_s(method, precision, shape)
           row["predicted_call_s_h200"] = predicted
           if predicted > max_call_s:
-            rows.append(dict(row, status=f"skipped: predicted {predicted:.2g}"
-                             f" s a call > --max-call-s {max_call_s:g}"))
+            rows.append(
+              dict(
+                row,
+                status=f"skipped: predicted {predicted:.2g}"
+                f" s a call > --max-call-s {max_call_s:g}",
+              )
+            )
             continue
           if over():
             rows.append(dict(row, status=SKIPPED_BUDGET))
             continue
           try:
-            fn, compile_s = _common.compile_fn(
-                polar_call(method, precision, shape), x)
+            fn, compile_s = _common.compile_fn(polar_call(method, precision, shape), x)
           except Exception as error:  # noqa: BLE001 - recorded, not fatal
-            rows.append(dict(row, status=f"failed: {type(error).__name__}: "
-                             f"{str(error).splitlines()[0][:200]}"))
+            rows.append(
+              dict(
+                row,
+                status=f"failed: {type(error).__name__}: "
+                f"{str(error).splitlines()[0][:200]}",
+              )
+            )
             continue
           calls[key] = functools.partial(fn, x)
           compiled[key] = (row, compile_s)
         if not calls:
           continue
-        timings = _common.time_interleaved(calls, repeats=repeats,
-                                           min_seconds=min_seconds,
-                                           max_repeats=50)
+        timings = _common.time_interleaved(
+          calls, repeats=repeats, min_seconds=min_seconds, max_repeats=50
+        )
         for key, (row, compile_s) in compiled.items():
           out = np.asarray(
-              jax.block_until_ready(calls[key]()).astype(jnp.float32),
-              np.float64)
-          rel = (None if ref is None else
-                 float(np.linalg.norm(out - ref) / np.linalg.norm(ref)))
+            jax.block_until_ready(calls[key]()).astype(jnp.float32), np.float64
+          )
+          rel = (
+            None
+            if ref is None
+            else float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+          )
           t = timings[key]
-          rows.append(dict(row, status="ok", median_ms=t.median * 1e3,
-                           min_ms=t.min * 1e3, repeats=t.repeats,
-                           compile_s=compile_s, rel_err=rel,
-                           error_note=None if ref is not None else
-                           "no float64 reference: time budget",
-                           finite=bool(np.all(np.isfinite(out))),
-                           reference_s=ref_s))
-          print(f"  polar {_shape(shape):>10} {dtype:>8} {key:>30} "
-                f"{t.median * 1e3:9.3f} ms  err "
-                + ("-" if rel is None else f"{rel:.1e}"), file=sys.stderr,
-                flush=True)
+          rows.append(
+            dict(
+              row,
+              status="ok",
+              median_ms=t.median * 1e3,
+              min_ms=t.min * 1e3,
+              repeats=t.repeats,
+              compile_s=compile_s,
+              rel_err=rel,
+              error_note=None
+              if ref is not None
+              else "no float64 reference: time budget",
+              finite=bool(np.all(np.isfinite(out))),
+              reference_s=ref_s,
+            )
+          )
+          print(
+            f"  polar {_shape(shape):>10} {dtype:>8} {key:>30} "
+            f"{t.median * 1e3:9.3f} ms  err " + ("-" if rel is None else f"{rel:.1e}"),
+            file=sys.stderr,
+            flush=True,
+          )
   return rows
 
 
@@ -330,9 +384,17 @@ class GPT(nnx.Module):
     (3, 4, 11)
   """
 
-  def __init__(self, vocab: int, seq: int, d_model: int, heads: int,
-               layers: int, *, rngs: nnx.Rngs,
-               compute_dtype: jnp.dtype = jnp.bfloat16) -> None:
+  def __init__(
+    self,
+    vocab: int,
+    seq: int,
+    d_model: int,
+    heads: int,
+    layers: int,
+    *,
+    rngs: nnx.Rngs,
+    compute_dtype: jnp.dtype = jnp.bfloat16,
+  ) -> None:
     if d_model % heads:
       raise ValueError(f"d_model {d_model} is not a multiple of heads {heads}")
     normal = nnx.initializers.normal(0.02)
@@ -341,15 +403,27 @@ class GPT(nnx.Module):
     self.compute_dtype = compute_dtype
     self.wte = nnx.Param(normal(rngs.params(), (vocab, d)))
     self.wpe = nnx.Param(normal(rngs.params(), (seq, d)))
-    shapes = {"qkv": (d, 3 * d), "proj": (d, d), "fc": (d, 4 * d),
-              "fc_out": (4 * d, d)}
-    self.kernels = nnx.Dict({k: nnx.Dict({"kernel": nnx.Param(
-        normal(rngs.params(), (L, *s)))}) for k, s in shapes.items()})
-    self.biases = nnx.Dict({k: nnx.Param(jnp.zeros((L, s[1])))
-                            for k, s in shapes.items()})
-    self.norms = nnx.Dict({k: nnx.Param(jnp.full((L, d), v))
-                           for k, v in (("ln1_scale", 1.0), ("ln1_bias", 0.0),
-                                        ("ln2_scale", 1.0), ("ln2_bias", 0.0))})
+    shapes = {"qkv": (d, 3 * d), "proj": (d, d), "fc": (d, 4 * d), "fc_out": (4 * d, d)}
+    self.kernels = nnx.Dict(
+      {
+        k: nnx.Dict({"kernel": nnx.Param(normal(rngs.params(), (L, *s)))})
+        for k, s in shapes.items()
+      }
+    )
+    self.biases = nnx.Dict(
+      {k: nnx.Param(jnp.zeros((L, s[1]))) for k, s in shapes.items()}
+    )
+    self.norms = nnx.Dict(
+      {
+        k: nnx.Param(jnp.full((L, d), v))
+        for k, v in (
+          ("ln1_scale", 1.0),
+          ("ln1_bias", 0.0),
+          ("ln2_scale", 1.0),
+          ("ln2_bias", 0.0),
+        )
+      }
+    )
     self.lnf = nnx.Param(jnp.stack([jnp.ones(d), jnp.zeros(d)]))
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -358,9 +432,10 @@ class GPT(nnx.Module):
     wte = self.wte[...].astype(bf)
     h = wte[tokens] + self.wpe[...][:length].astype(bf)
     stacked = dict(
-        **{k: v["kernel"][...].astype(bf) for k, v in self.kernels.items()},
-        **{f"{k}_b": v[...].astype(bf) for k, v in self.biases.items()},
-        **{k: v[...].astype(bf) for k, v in self.norms.items()})
+      **{k: v["kernel"][...].astype(bf) for k, v in self.kernels.items()},
+      **{f"{k}_b": v[...].astype(bf) for k, v in self.biases.items()},
+      **{k: v[...].astype(bf) for k, v in self.norms.items()},
+    )
     heads = self.heads
 
     def norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
@@ -373,8 +448,7 @@ class GPT(nnx.Module):
       b, t, d = h.shape
       x = norm(h, p["ln1_scale"], p["ln1_bias"])
       qkv = x @ p["qkv"] + p["qkv_b"]
-      q, k, v = (a.reshape(b, t, heads, d // heads)
-                 for a in jnp.split(qkv, 3, axis=-1))
+      q, k, v = (a.reshape(b, t, heads, d // heads) for a in jnp.split(qkv, 3, axis=-1))
       y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
       h = h + y.reshape(b, t, d) @ p["proj"] + p["proj_b"]
       x = norm(h, p["ln2_scale"], p["ln2_bias"])
@@ -384,8 +458,7 @@ class GPT(nnx.Module):
     h, _ = jax.lax.scan(block, h, stacked)
     lnf = self.lnf[...].astype(bf)
     h = norm(h, lnf[0], lnf[1])
-    return jnp.einsum("btd,vd->btv", h, wte,
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,vd->btv", h, wte, preferred_element_type=jnp.float32)
 
 
 def is_block_kernel(path: tuple[Any, ...]) -> bool:
@@ -393,8 +466,9 @@ def is_block_kernel(path: tuple[Any, ...]) -> bool:
   return "kernel" in jax.tree_util.keystr(path)
 
 
-def optimizers(accepts_precision: bool = ACCEPTS_PRECISION
-               ) -> dict[str, Callable[[], optax.GradientTransformation]]:
+def optimizers(
+  accepts_precision: bool = ACCEPTS_PRECISION,
+) -> dict[str, Callable[[], optax.GradientTransformation]]:
   """The transformer section's optimizers, by name.
 
   EGD and Muon act on the stacked block kernels (the layer axis a batch);
@@ -402,43 +476,66 @@ def optimizers(accepts_precision: bool = ACCEPTS_PRECISION
   with bfloat16 matrix products (only where ``polar`` takes ``precision``).
   """
   egd_dims = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, p: optax_egd.DimensionNumbers(-2, -1)
-      if is_block_kernel(path) else None, params)
+    lambda path, p: (
+      optax_egd.DimensionNumbers(-2, -1) if is_block_kernel(path) else None
+    ),
+    params,
+  )
   muon_dims = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, p: optax.contrib.MuonDimensionNumbers(1, 2)
-      if is_block_kernel(path) else None, params)
+    lambda path, p: (
+      optax.contrib.MuonDimensionNumbers(1, 2) if is_block_kernel(path) else None
+    ),
+    params,
+  )
   mask = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, _: is_block_kernel(path), params)
+    lambda path, _: is_block_kernel(path), params
+  )
   out: dict[str, Callable[[], optax.GradientTransformation]] = {
-      "adamw": lambda: optax.adamw(3e-4, weight_decay=0.1),
-      "muon": lambda: optax.contrib.muon(
-          0.02, adam_learning_rate=3e-4, muon_weight_dimension_numbers=muon_dims),
-      "egdm": lambda: optax_egd.egdm(0.02, adam_learning_rate=3e-4,
-                                     dimension_numbers=egd_dims),
-      "chain(egd,adamw)": lambda: optax.chain(
-          optax.masked(optax_egd.egd(), mask),
-          optax.adamw(3e-4, weight_decay=0.1)),
+    "adamw": lambda: optax.adamw(3e-4, weight_decay=0.1),
+    "muon": lambda: optax.contrib.muon(
+      0.02, adam_learning_rate=3e-4, muon_weight_dimension_numbers=muon_dims
+    ),
+    "egdm": lambda: optax_egd.egdm(
+      0.02, adam_learning_rate=3e-4, dimension_numbers=egd_dims
+    ),
+    "chain(egd,adamw)": lambda: optax.chain(
+      optax.masked(optax_egd.egd(), mask), optax.adamw(3e-4, weight_decay=0.1)
+    ),
   }
   if accepts_precision:
     out["egdm-bf16"] = lambda: optax_egd.egdm(
-        0.02, adam_learning_rate=3e-4, dimension_numbers=egd_dims,
-        precision="bfloat16")
+      0.02, adam_learning_rate=3e-4, dimension_numbers=egd_dims, precision="bfloat16"
+    )
   return out
 
 
 def _out_of_memory(error: Exception) -> bool:
   text = str(error)
-  return any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory",
-                                 "out of memory", "OOM"))
+  return any(
+    s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
+  )
 
 
-def run_transformer(sizes: Sizes, names: Sequence[str], budget: Budget,
-                    section_s: float, repeats: int, min_seconds: float,
-                    seed: int) -> dict[str, Any]:
+def run_transformer(
+  sizes: Sizes,
+  names: Sequence[str],
+  budget: Budget,
+  section_s: float,
+  repeats: int,
+  min_seconds: float,
+  seed: int,
+) -> dict[str, Any]:
   """Step, update and forward+backward times of every optimizer."""
   start = budget.elapsed()
-  model = GPT(sizes.vocab, sizes.seq, sizes.d_model, sizes.heads, sizes.layers,
-              rngs=nnx.Rngs(seed), compute_dtype=jnp.dtype(sizes.compute_dtype))
+  model = GPT(
+    sizes.vocab,
+    sizes.seq,
+    sizes.d_model,
+    sizes.heads,
+    sizes.layers,
+    rngs=nnx.Rngs(seed),
+    compute_dtype=jnp.dtype(sizes.compute_dtype),
+  )
   graphdef, params = nnx.split(model, nnx.Param)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
@@ -449,10 +546,14 @@ def run_transformer(sizes: Sizes, names: Sequence[str], budget: Budget,
   grad_fn = jax.grad(loss)
   builders = optimizers()
   record: dict[str, Any] = dict(
-      model=dataclasses.asdict(sizes) | {"params": n_params},
-      model_note="GPT (benchmarks.accelerator): stacked, scanned blocks; "
-      "bfloat16 compute, float32 parameters and optimizer state",
-      rows=[], batch=None, tokens=None, batch_attempts=[])
+    model=dataclasses.asdict(sizes) | {"params": n_params},
+    model_note="GPT (benchmarks.accelerator): stacked, scanned blocks; "
+    "bfloat16 compute, float32 parameters and optimizer state",
+    rows=[],
+    batch=None,
+    tokens=None,
+    batch_attempts=[],
+  )
   key = jax.random.key(seed)
   fwd_bwd = None
   for batch in sizes.batches:
@@ -472,15 +573,17 @@ def run_transformer(sizes: Sizes, names: Sequence[str], budget: Budget,
     fwd_bwd = (fn, compile_s, x, y, batch)
     break
   if fwd_bwd is None:
-    record["status"] = SKIPPED_BUDGET if budget.left() <= 0 or (
-        budget.elapsed() - start > section_s) else "no batch fits"
+    record["status"] = (
+      SKIPPED_BUDGET
+      if budget.left() <= 0 or (budget.elapsed() - start > section_s)
+      else "no batch fits"
+    )
     return record
   fn, compile_s, x, y, batch = fwd_bwd
   tokens = batch * sizes.seq
   record.update(batch=batch, tokens=tokens, fwd_bwd_compile_s=compile_s)
   grads = fn(params, x, y)
-  calls: dict[str, Callable[[], Any]] = {"fwd_bwd": functools.partial(
-      fn, params, x, y)}
+  calls: dict[str, Callable[[], Any]] = {"fwd_bwd": functools.partial(fn, params, x, y)}
   done = []
   last_cost = 0.0  # seconds the previous optimizer's compiles took
   for name in names:
@@ -491,8 +594,13 @@ def run_transformer(sizes: Sizes, names: Sequence[str], budget: Budget,
     t_opt = time.perf_counter()
     tx = builders[name]()
 
-    def step(params: Any, state: Any, x: jax.Array, y: jax.Array,
-             tx: optax.GradientTransformation = tx) -> tuple[Any, Any]:
+    def step(
+      params: Any,
+      state: Any,
+      x: jax.Array,
+      y: jax.Array,
+      tx: optax.GradientTransformation = tx,
+    ) -> tuple[Any, Any]:
       g = grad_fn(params, x, y)
       updates, state = tx.update(g, state, params)
       return optax.apply_updates(params, updates), state
@@ -502,30 +610,43 @@ def run_transformer(sizes: Sizes, names: Sequence[str], budget: Budget,
       step_fn, step_compile = _common.compile_fn(step, params, state, x, y)
       update_fn, _ = _common.compile_fn(tx.update, grads, state, params)
     except Exception as error:  # noqa: BLE001 - recorded, not fatal
-      record["rows"].append(dict(
-          optimizer=name, status=f"failed: {type(error).__name__}: "
-          f"{str(error).splitlines()[0][:200]}"))
+      record["rows"].append(
+        dict(
+          optimizer=name,
+          status=f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}",
+        )
+      )
       continue
     calls[f"step/{name}"] = functools.partial(step_fn, params, state, x, y)
     calls[f"update/{name}"] = functools.partial(update_fn, grads, state, params)
     done.append((name, step_compile))
     last_cost = time.perf_counter() - t_opt
     print(f"  transformer: compiled {name}", file=sys.stderr, flush=True)
-  timings = _common.time_interleaved(calls, repeats=repeats,
-                                     min_seconds=min_seconds, max_repeats=100)
+  timings = _common.time_interleaved(
+    calls, repeats=repeats, min_seconds=min_seconds, max_repeats=100
+  )
   fb = timings["fwd_bwd"].median
   record["fwd_bwd_ms"] = fb * 1e3
   scale = TOKENS_REFERENCE / tokens
   for name, step_compile in done:
     s, u = timings[f"step/{name}"], timings[f"update/{name}"]
-    record["rows"].append(dict(
-        optimizer=name, status="ok", step_ms=s.median * 1e3,
-        step_min_ms=s.min * 1e3, update_ms=u.median * 1e3,
-        update_min_ms=u.min * 1e3, repeats=s.repeats,
+    record["rows"].append(
+      dict(
+        optimizer=name,
+        status="ok",
+        step_ms=s.median * 1e3,
+        step_min_ms=s.min * 1e3,
+        update_ms=u.median * 1e3,
+        update_min_ms=u.min * 1e3,
+        repeats=s.repeats,
         step_compile_s=step_compile,
-        step_at_05M_ms=(fb * scale + u.median) * 1e3))
-  adam = next((r for r in record["rows"]
-               if r["optimizer"] == "adamw" and r["status"] == "ok"), None)
+        step_at_05M_ms=(fb * scale + u.median) * 1e3,
+      )
+    )
+  adam = next(
+    (r for r in record["rows"] if r["optimizer"] == "adamw" and r["status"] == "ok"),
+    None,
+  )
   for r in record["rows"]:
     if adam is not None and r["status"] == "ok":
       r["ratio_at_batch"] = r["step_ms"] / adam["step_ms"]
@@ -539,21 +660,23 @@ def run_demo(sizes: Sizes) -> dict[str, Any]:
   """:func:`experiments.demo.run` with ``egd()`` and SGD, seed 0."""
   from experiments import demo  # pylint: disable=import-outside-toplevel
 
-  args = argparse.Namespace(p=sizes.demo_p, max_epochs=sizes.demo_max_epochs,
-                            lr=0.7)
+  args = argparse.Namespace(p=sizes.demo_p, max_epochs=sizes.demo_max_epochs, lr=0.7)
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    result = demo.run("EGD", optax.chain(optax_egd.egd(), optax.sgd(0.7)),
-                      args, 0)
+    result = demo.run("EGD", optax.chain(optax_egd.egd(), optax.sgd(0.7)), args, 0)
   history = result.history
-  return dict(status="ok", p=sizes.demo_p, max_epochs=sizes.demo_max_epochs,
-              epochs_run=history.epochs,
-              epochs_to_target=result.epochs_to_target,
-              seconds_to_target=result.seconds_to_target,
-              ms_per_epoch=1e3 * sum(history.seconds) / max(history.epochs, 1),
-              compile_s=result.compile_seconds,
-              final_test_acc=float(history.test_acc[-1]),
-              printed=printed.getvalue())
+  return dict(
+    status="ok",
+    p=sizes.demo_p,
+    max_epochs=sizes.demo_max_epochs,
+    epochs_run=history.epochs,
+    epochs_to_target=result.epochs_to_target,
+    seconds_to_target=result.seconds_to_target,
+    ms_per_epoch=1e3 * sum(history.seconds) / max(history.epochs, 1),
+    compile_s=result.compile_seconds,
+    final_test_acc=float(history.test_acc[-1]),
+    printed=printed.getvalue(),
+  )
 
 
 def run_grokfast(sizes: Sizes) -> dict[str, Any]:
@@ -562,92 +685,144 @@ def run_grokfast(sizes: Sizes) -> dict[str, Any]:
 
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "grokfast"
-    argv = ["--preset", "grokfast", "--seeds", "1", "--no-progress",
-            "--checkpoint-every", "0", "--out", str(out), *sizes.grokfast_args]
+    argv = [
+      "--preset",
+      "grokfast",
+      "--seeds",
+      "1",
+      "--no-progress",
+      "--checkpoint-every",
+      "0",
+      "--out",
+      str(out),
+      *sizes.grokfast_args,
+    ]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
       grok.main(argv)
     results = json.loads((out / "results.json").read_text())
   run = results["runs"][0]
-  return dict(status="ok", argv=argv, optimizer=run["optimizer"],
-              seed=run["seed"], epochs_to_target=run["epochs_to_target"],
-              steps_to_target=run["steps_to_target"],
-              seconds_to_target=run["seconds_to_target"],
-              compile_s=run["compile_seconds"], epochs_run=run["epochs"],
-              final=run["final"])
+  return dict(
+    status="ok",
+    argv=argv,
+    optimizer=run["optimizer"],
+    seed=run["seed"],
+    epochs_to_target=run["epochs_to_target"],
+    steps_to_target=run["steps_to_target"],
+    seconds_to_target=run["seconds_to_target"],
+    compile_s=run["compile_seconds"],
+    epochs_run=run["epochs"],
+    final=run["final"],
+  )
 
 
 # ── Driver ───────────────────────────────────────────────────────────────────
 def print_report(payload: dict[str, Any]) -> None:
   """Markdown tables of what ran."""
   polar_rows = payload.get("polar") or []
-  ok = [dict(r, shape=_shape(r["shape"])) for r in polar_rows
-        if r.get("status") == "ok"]
+  ok = [
+    dict(r, shape=_shape(r["shape"])) for r in polar_rows if r.get("status") == "ok"
+  ]
   skipped = [r for r in polar_rows if r.get("status") != "ok"]
   if ok:
-    print("Polar methods (median ms; relative error against a float64 SVD "
-          "polar factor):\n")
-    print(_common.markdown_table(ok, [
-        ("shape", "shape", "s"), ("dtype", "input", "s"),
-        ("method", "method", "s"), ("precision", "precision", "s"),
-        ("resolves_to", "resolves to", "s"), ("median_ms", "median ms", ".4g"),
-        ("rel_err", "rel err", ".1e"), ("compile_s", "compile s", ".2f")]))
+    print(
+      "Polar methods (median ms; relative error against a float64 SVD polar factor):\n"
+    )
+    print(
+      _common.markdown_table(
+        ok,
+        [
+          ("shape", "shape", "s"),
+          ("dtype", "input", "s"),
+          ("method", "method", "s"),
+          ("precision", "precision", "s"),
+          ("resolves_to", "resolves to", "s"),
+          ("median_ms", "median ms", ".4g"),
+          ("rel_err", "rel err", ".1e"),
+          ("compile_s", "compile s", ".2f"),
+        ],
+      )
+    )
   if skipped:
-    print(f"\n{len(skipped)} polar combinations not run: "
-          + "; ".join(sorted({r['status'] for r in skipped})))
+    print(
+      f"\n{len(skipped)} polar combinations not run: "
+      + "; ".join(sorted({r["status"] for r in skipped}))
+    )
   tr = payload.get("transformer")
   if tr and tr.get("rows"):
-    print(f"\nTransformer step ({tr['model']['params']:,} parameters, batch "
-          f"{tr['batch']} × {tr['model']['seq']} = {tr['tokens']} tokens; "
-          f"forward + backward {tr.get('fwd_bwd_ms', float('nan')):.4g} ms):\n")
-    print(_common.markdown_table(tr["rows"], [
-        ("optimizer", "optimizer", "s"), ("status", "status", "s"),
-        ("step_ms", "step ms", ".4g"), ("update_ms", "update ms", ".4g"),
-        ("ratio_at_batch", "× AdamW (this batch)", ".3f"),
-        ("ratio_at_05M", "× AdamW (0.5M tokens)", ".3f")]))
+    print(
+      f"\nTransformer step ({tr['model']['params']:,} parameters, batch "
+      f"{tr['batch']} × {tr['model']['seq']} = {tr['tokens']} tokens; "
+      f"forward + backward {tr.get('fwd_bwd_ms', float('nan')):.4g} ms):\n"
+    )
+    print(
+      _common.markdown_table(
+        tr["rows"],
+        [
+          ("optimizer", "optimizer", "s"),
+          ("status", "status", "s"),
+          ("step_ms", "step ms", ".4g"),
+          ("update_ms", "update ms", ".4g"),
+          ("ratio_at_batch", "× AdamW (this batch)", ".3f"),
+          ("ratio_at_05M", "× AdamW (0.5M tokens)", ".3f"),
+        ],
+      )
+    )
   for name in ("demo", "grokfast"):
     rec = payload.get(name)
     if rec:
-      shown = {k: v for k, v in rec.items()
-               if k not in ("printed", "final", "argv")}
+      shown = {k: v for k, v in rec.items() if k not in ("printed", "final", "argv")}
       print(f"\n{name}: {json.dumps(shown, default=str)}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point."""
   parser = _common.parser("accelerator", __doc__.split("\n")[0])
-  parser.add_argument("--tiny", action="store_true",
-                      help="tiny shapes and models (seconds on a CPU)")
-  parser.add_argument("--sections", nargs="+", choices=SECTIONS,
-                      default=list(SECTIONS))
-  parser.add_argument("--methods", nargs="+", choices=METHODS,
-                      default=list(METHODS))
-  parser.add_argument("--optimizers", nargs="+",
-                      choices=list(optimizers(True)),
-                      help="transformer optimizers (default: all the "
-                      "installed library supports)")
-  parser.add_argument("--budget-s", type=float, default=420.0,
-                      help="seconds the whole run may take (default 420)")
-  parser.add_argument("--max-call-s", type=float, default=2.0,
-                      help="skip polar combinations predicted slower than "
-                      "this a call (default 2)")
-  parser.add_argument("--repeats", type=int, default=3,
-                      help="timed rounds at least (default 3)")
+  parser.add_argument(
+    "--tiny", action="store_true", help="tiny shapes and models (seconds on a CPU)"
+  )
+  parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+  parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+  parser.add_argument(
+    "--optimizers",
+    nargs="+",
+    choices=list(optimizers(True)),
+    help="transformer optimizers (default: all the installed library supports)",
+  )
+  parser.add_argument(
+    "--budget-s",
+    type=float,
+    default=420.0,
+    help="seconds the whole run may take (default 420)",
+  )
+  parser.add_argument(
+    "--max-call-s",
+    type=float,
+    default=2.0,
+    help="skip polar combinations predicted slower than this a call (default 2)",
+  )
+  parser.add_argument(
+    "--repeats", type=int, default=3, help="timed rounds at least (default 3)"
+  )
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   for name in ("budget_s", "max_call_s"):
     value = getattr(args, name)
     if not math.isfinite(value) or value <= 0:
-      parser.error(f"argument --{name.replace('_', '-')}: must be a finite "
-                   f"number > 0, got {value:g}")
+      parser.error(
+        f"argument --{name.replace('_', '-')}: must be a finite "
+        f"number > 0, got {value:g}"
+      )
   if args.repeats < 1:
     parser.error(f"argument --repeats: must be >= 1, got {args.repeats}")
   available = optimizers()
   names = args.optimizers or list(available)
   missing = [n for n in names if n not in available]
   if missing:
-    parser.error(f"argument --optimizers: {', '.join(missing)} needs polar's "
-                 "precision argument, which the installed optax_egd lacks")
+    parser.error(
+      f"argument --optimizers: {', '.join(missing)} needs polar's "
+      "precision argument, which the installed optax_egd lacks"
+    )
   sizes = TINY if args.tiny else FULL
   shapes = TINY_SHAPES if args.tiny else SHAPES
   min_seconds = 0.0 if args.tiny else 0.3
@@ -666,39 +841,64 @@ def main(argv: Sequence[str] | None = None) -> None:
     for section in args.sections:
       t0 = budget.elapsed()
       if budget.left() <= 0:
-        payload[section] = ([dict(status=SKIPPED_BUDGET)] if section == "polar"
-                            else dict(status=SKIPPED_BUDGET))
+        payload[section] = (
+          [dict(status=SKIPPED_BUDGET)]
+          if section == "polar"
+          else dict(status=SKIPPED_BUDGET)
+        )
         continue
-      needs = {"demo": sizes.demo_needs_s,
-               "grokfast": sizes.grokfast_needs_s}.get(section, 0.0)
+      needs = {"demo": sizes.demo_needs_s, "grokfast": sizes.grokfast_needs_s}.get(
+        section, 0.0
+      )
       if budget.left() < needs:
-        payload[section] = dict(status=SKIPPED_BUDGET, needs_s=needs,
-                                left_s=budget.left())
+        payload[section] = dict(
+          status=SKIPPED_BUDGET, needs_s=needs, left_s=budget.left()
+        )
         continue
       if section == "polar":
         payload[section] = run_polar(
-            shapes, args.methods, budget, budget.left(),
-            args.max_call_s, repeats, min_seconds, args.seed)
+          shapes,
+          args.methods,
+          budget,
+          budget.left(),
+          args.max_call_s,
+          repeats,
+          min_seconds,
+          args.seed,
+        )
       elif section == "transformer":
         payload[section] = run_transformer(
-            sizes, names, budget, sizes.transformer_share * args.budget_s,
-            repeats, min_seconds, args.seed)
+          sizes,
+          names,
+          budget,
+          sizes.transformer_share * args.budget_s,
+          repeats,
+          min_seconds,
+          args.seed,
+        )
       elif section == "demo":
         payload[section] = run_demo(sizes)
       else:
         payload[section] = run_grokfast(sizes)
       timing[section] = budget.elapsed() - t0
-      print(f"  section {section}: {timing[section]:.1f} s", file=sys.stderr,
-            flush=True)
+      print(
+        f"  section {section}: {timing[section]:.1f} s", file=sys.stderr, flush=True
+      )
     print_report(payload)
-    config = dict(vars(args), shapes=shapes, sizes=dataclasses.asdict(sizes),
-                  optimizers=names, precision_argument=ACCEPTS_PRECISION,
-                  auto={p: optax_egd.auto_method((768, 768), p)
-                        for p in ("cpu", "cuda", "tpu")})
-    summary = dict(section_seconds=timing, total_seconds=budget.elapsed(),
-                   measured_on=info["device_kind"])
-    path = _common.write_json(out / f"{stem}.json", info, config, payload,
-                              summary)
+    config = dict(
+      vars(args),
+      shapes=shapes,
+      sizes=dataclasses.asdict(sizes),
+      optimizers=names,
+      precision_argument=ACCEPTS_PRECISION,
+      auto={p: optax_egd.auto_method((768, 768), p) for p in ("cpu", "cuda", "tpu")},
+    )
+    summary = dict(
+      section_seconds=timing,
+      total_seconds=budget.elapsed(),
+      measured_on=info["device_kind"],
+    )
+    path = _common.write_json(out / f"{stem}.json", info, config, payload, summary)
     print(f"\nwrote {path} and {stem}.txt (total {budget.elapsed():.1f} s)")
 
 

@@ -58,17 +58,26 @@ DEFAULT_AGAINST = "polar_express_exact"  # what ``auto`` picks on GPU and TPU
 # the official scripts' first-layer EGD, and EGD of a momentum buffer where
 # plain first-layer EGD does not reach the target ((100, 3), (50, 4)).
 TASKS: dict[str, tuple[tuple[str, ...], str, str]] = {
-    **{f"add-{p}": (("--task", "mod_add", "--p", str(p)), "egd", "epochs")
-       for p in (79, 97, 127)},
-    **{f"mul-{p}": (("--task", "mod_mul", "--p", str(p)), "egd", "epochs")
-       for p in (79, 97, 127)},
-    "parity-400-2": (("--task", "parity", "--k", "2"), "egd-first-layer",
-                     "epochs"),
-    "parity-100-3": (("--task", "parity", "--k", "3"),
-                     "momentum-egd-first-layer", "epochs"),
-    "parity-50-4": (("--task", "parity", "--k", "4"),
-                    "momentum-egd-first-layer", "epochs"),
-    "grokfast": (("--preset", "grokfast"), "egdm", "steps"),
+  **{
+    f"add-{p}": (("--task", "mod_add", "--p", str(p)), "egd", "epochs")
+    for p in (79, 97, 127)
+  },
+  **{
+    f"mul-{p}": (("--task", "mod_mul", "--p", str(p)), "egd", "epochs")
+    for p in (79, 97, 127)
+  },
+  "parity-400-2": (("--task", "parity", "--k", "2"), "egd-first-layer", "epochs"),
+  "parity-100-3": (
+    ("--task", "parity", "--k", "3"),
+    "momentum-egd-first-layer",
+    "epochs",
+  ),
+  "parity-50-4": (
+    ("--task", "parity", "--k", "4"),
+    "momentum-egd-first-layer",
+    "epochs",
+  ),
+  "grokfast": (("--preset", "grokfast"), "egdm", "steps"),
 }
 QUICK = ("add-97", "parity-400-2")
 
@@ -77,15 +86,29 @@ def run_dir(out: pathlib.Path, task: str, method: str) -> pathlib.Path:
   return out / "runs" / f"{task}-{method}"
 
 
-def command(task: str, method: str, seeds: int, max_epochs: int,
-            out: pathlib.Path) -> list[str]:
+def command(
+  task: str, method: str, seeds: int, max_epochs: int, out: pathlib.Path
+) -> list[str]:
   """The ``experiments.grok`` command line of one (task, method)."""
   options, optimizer, _ = TASKS[task]
-  return [sys.executable, "-m", "experiments.grok", *options,
-          "--optimizer", optimizer, "--polar-method", method,
-          "--seeds", str(seeds), "--max-epochs", str(max_epochs),
-          "--no-progress", "--out", str(run_dir(out, task, method)),
-          "--overwrite"]
+  return [
+    sys.executable,
+    "-m",
+    "experiments.grok",
+    *options,
+    "--optimizer",
+    optimizer,
+    "--polar-method",
+    method,
+    "--seeds",
+    str(seeds),
+    "--max-epochs",
+    str(max_epochs),
+    "--no-progress",
+    "--out",
+    str(run_dir(out, task, method)),
+    "--overwrite",
+  ]
 
 
 def _runs(path: pathlib.Path) -> list[dict[str, Any]] | None:
@@ -95,8 +118,9 @@ def _runs(path: pathlib.Path) -> list[dict[str, Any]] | None:
   return json.loads(results.read_text())["runs"]
 
 
-def summarize(out: pathlib.Path, tasks: list[str],
-              against: str = DEFAULT_AGAINST) -> list[dict[str, Any]]:
+def summarize(
+  out: pathlib.Path, tasks: list[str], against: str = DEFAULT_AGAINST
+) -> list[dict[str, Any]]:
   """One row per task: each method's median epochs/steps and their ratio
   (``against`` over the SVD)."""
   methods = (REFERENCE, against)
@@ -104,8 +128,12 @@ def summarize(out: pathlib.Path, tasks: list[str],
   for task in tasks:
     _, optimizer, unit = TASKS[task]
     key = "steps_to_target" if unit == "steps" else "epochs_to_target"
-    row: dict[str, Any] = {"task": task, "optimizer": optimizer, "unit": unit,
-                           "against": against}
+    row: dict[str, Any] = {
+      "task": task,
+      "optimizer": optimizer,
+      "unit": unit,
+      "against": against,
+    }
     for method in methods:
       runs = _runs(run_dir(out, task, method))
       if runs is None:
@@ -113,10 +141,12 @@ def summarize(out: pathlib.Path, tasks: list[str],
       values = [r[key] for r in runs]
       reached = [v for v in values if v is not None]
       row[method] = {
-          "seeds": [r["seed"] for r in runs], key: values,
-          "reached": f"{len(reached)}/{len(values)}",
-          "median": statistics.median(reached) if reached else None,
-          "seconds": [r.get("seconds_to_target") for r in runs]}
+        "seeds": [r["seed"] for r in runs],
+        key: values,
+        "reached": f"{len(reached)}/{len(values)}",
+        "median": statistics.median(reached) if reached else None,
+        "seconds": [r.get("seconds_to_target") for r in runs],
+      }
     medians = [row.get(m, {}).get("median") for m in methods]
     if None not in medians:
       row["ratio"] = medians[1] / medians[0]
@@ -125,8 +155,7 @@ def summarize(out: pathlib.Path, tasks: list[str],
   return rows
 
 
-def paired(row: dict[str, Any], key: str, resamples: int = 2000
-           ) -> dict[str, Any]:
+def paired(row: dict[str, Any], key: str, resamples: int = 2000) -> dict[str, Any]:
   """Per-seed comparison of the two methods (the same seeds are paired).
 
   ``slower``/``faster``: seeds where ``row["against"]`` took more/fewer
@@ -134,22 +163,23 @@ def paired(row: dict[str, Any], key: str, resamples: int = 2000
   left out); ``ratio_ci``: 95% bootstrap interval of the ratio of medians over
   resampled seed pairs (pairs where both reached).
   """
-  base, new = (dict(zip(row[m]["seeds"], row[m][key], strict=True))
-               for m in (REFERENCE, row["against"]))
-  seeds = [s for s in base if s in new
-           and (base[s] is not None or new[s] is not None)]
+  base, new = (
+    dict(zip(row[m]["seeds"], row[m][key], strict=True))
+    for m in (REFERENCE, row["against"])
+  )
+  seeds = [s for s in base if s in new and (base[s] is not None or new[s] is not None)]
   inf = math.inf
   slower = sum((new[s] or inf) > (base[s] or inf) for s in seeds)
   faster = sum((new[s] or inf) < (base[s] or inf) for s in seeds)
-  both = np.array([(base[s], new[s]) for s in seeds
-                   if base[s] is not None and new[s] is not None], float)
-  out: dict[str, Any] = {"paired_seeds": len(seeds), "slower": slower,
-                         "faster": faster}
+  both = np.array(
+    [(base[s], new[s]) for s in seeds if base[s] is not None and new[s] is not None],
+    float,
+  )
+  out: dict[str, Any] = {"paired_seeds": len(seeds), "slower": slower, "faster": faster}
   if len(both) >= 2:
     rng = np.random.default_rng(0)
     pick = rng.integers(0, len(both), size=(resamples, len(both)))
-    ratios = (np.median(both[pick, 1], axis=1)
-              / np.median(both[pick, 0], axis=1))
+    ratios = np.median(both[pick, 1], axis=1) / np.median(both[pick, 0], axis=1)
     out["ratio_ci"] = [float(v) for v in np.quantile(ratios, [0.025, 0.975])]
   return out
 
@@ -159,8 +189,12 @@ def table(rows: list[dict[str, Any]]) -> str:
   short = "pee" if against == DEFAULT_AGAINST else against
   flat = []
   for r in rows:
-    cells = {"task": r["task"], "optimizer": r["optimizer"], "unit": r["unit"],
-             "ratio": r.get("ratio")}
+    cells = {
+      "task": r["task"],
+      "optimizer": r["optimizer"],
+      "unit": r["unit"],
+      "ratio": r.get("ratio"),
+    }
     if "ratio_ci" in r:
       cells["ci"] = "[{:.2f}, {:.2f}]".format(*r["ratio_ci"])
     if "slower" in r:
@@ -170,36 +204,57 @@ def table(rows: list[dict[str, Any]]) -> str:
         values = [v for v in r[m][next(k for k in r[m] if k.endswith("_target"))]]
         shown = values if len(values) <= 10 else [*values[:10], "..."]
         shown_text = str(shown).replace("'...'", "...")
-        cells[m] = (f"{r[m]['median']} {shown_text} ({r[m]['reached']})"
-                    if r[m]["median"] is not None else f"- ({r[m]['reached']})")
+        cells[m] = (
+          f"{r[m]['median']} {shown_text} ({r[m]['reached']})"
+          if r[m]["median"] is not None
+          else f"- ({r[m]['reached']})"
+        )
     flat.append(cells)
-  return _common.markdown_table(flat, [
-      ("task", "task", "s"), ("optimizer", "EGD optimizer", "s"),
+  return _common.markdown_table(
+    flat,
+    [
+      ("task", "task", "s"),
+      ("optimizer", "EGD optimizer", "s"),
       ("unit", "to target in", "s"),
       ("svd", "svd: median [per seed] (reached)", "s"),
       (against, f"{against}: median [per seed] (reached)", "s"),
-      ("ratio", f"ratio {short}/svd", ".2f"), ("ci", "95% CI", "s"),
-      ("pairs", "seeds slower/faster/paired", "s")])
+      ("ratio", f"ratio {short}/svd", ".2f"),
+      ("ci", "95% CI", "s"),
+      ("pairs", "seeds slower/faster/paired", "s"),
+    ],
+  )
 
 
 def main(argv: list[str] | None = None) -> int:
   p = _common.parser("equivalence", __doc__.splitlines()[0])
   p.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (all)")
-  p.add_argument("--seeds", type=_cli.integer(1), default=3,
-                 help="seeds 0..N-1 per task and method (default 3)")
-  p.add_argument("--max-epochs", type=_cli.integer(1), default=3000,
-                 help="cap per run (default 3000)")
-  p.add_argument("--quick", action="store_true",
-                 help=f"{', '.join(QUICK)}, 1 seed, 300 epochs")
-  p.add_argument("--against", default=DEFAULT_AGAINST,
-                 choices=[m for m in optimizer_names.POLAR_METHODS
-                          if m not in ("auto", REFERENCE)],
-                 help="the method compared with the SVD (default "
-                 f"{DEFAULT_AGAINST}, the accelerators' default; another exact "
-                 "method, such as qdwh, measures how far two exact methods "
-                 "differ by rounding alone)")
-  p.add_argument("--summarize", action="store_true",
-                 help="only read the runs already in --out")
+  p.add_argument(
+    "--seeds",
+    type=_cli.integer(1),
+    default=3,
+    help="seeds 0..N-1 per task and method (default 3)",
+  )
+  p.add_argument(
+    "--max-epochs",
+    type=_cli.integer(1),
+    default=3000,
+    help="cap per run (default 3000)",
+  )
+  p.add_argument(
+    "--quick", action="store_true", help=f"{', '.join(QUICK)}, 1 seed, 300 epochs"
+  )
+  p.add_argument(
+    "--against",
+    default=DEFAULT_AGAINST,
+    choices=[m for m in optimizer_names.POLAR_METHODS if m not in ("auto", REFERENCE)],
+    help="the method compared with the SVD (default "
+    f"{DEFAULT_AGAINST}, the accelerators' default; another exact "
+    "method, such as qdwh, measures how far two exact methods "
+    "differ by rounding alone)",
+  )
+  p.add_argument(
+    "--summarize", action="store_true", help="only read the runs already in --out"
+  )
   args = p.parse_args(argv)
   if args.quick:
     args.tasks, args.seeds, args.max_epochs = ",".join(QUICK), 1, 300
@@ -223,11 +278,15 @@ def main(argv: list[str] | None = None) -> int:
   rows = summarize(out, tasks, args.against)
   text = table(rows)
   print(text)
-  name = "equivalence" + ("" if args.against == DEFAULT_AGAINST
-                           else f"_{args.against}")
+  name = "equivalence" + ("" if args.against == DEFAULT_AGAINST else f"_{args.against}")
   stem = _common.result_stem(name, args.quick)
-  config = {"tasks": tasks, "seeds": args.seeds, "max_epochs": args.max_epochs,
-            "against": args.against, "commands": commands}
+  config = {
+    "tasks": tasks,
+    "seeds": args.seeds,
+    "max_epochs": args.max_epochs,
+    "against": args.against,
+    "commands": commands,
+  }
   _common.write_json(out / f"{stem}.json", info, config, rows)
   (out / f"{stem}.md").write_text(text + "\n")
   print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")

@@ -49,8 +49,9 @@ import os
 
 # Before JAX loads: simulated CPU devices.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8")
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  )
 
 from collections.abc import Sequence  # noqa: E402
 import functools  # noqa: E402
@@ -66,6 +67,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import _common, layer_parallel  # noqa: E402
+from experiments._cli import integer  # noqa: E402
 import optax_egd  # noqa: E402
 from optax_egd import distributed  # noqa: E402
 
@@ -74,30 +76,48 @@ def gpt2_shapes(layers: int = 12, width: int = 768) -> dict[str, tuple[int, int]
   """Per layer: attention in (w×3w), out (w×w), MLP in (w×4w) and out (4w×w)."""
   out = {}
   for i in range(layers):
-    out.update({f"h{i}/attn/c_attn": (width, 3 * width),
-                f"h{i}/attn/c_proj": (width, width),
-                f"h{i}/mlp/c_fc": (width, 4 * width),
-                f"h{i}/mlp/c_proj": (4 * width, width)})
+    out.update(
+      {
+        f"h{i}/attn/c_attn": (width, 3 * width),
+        f"h{i}/attn/c_proj": (width, width),
+        f"h{i}/mlp/c_fc": (width, 4 * width),
+        f"h{i}/mlp/c_proj": (4 * width, width),
+      }
+    )
   return out
 
 
-_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
-          "s8": 1, "u8": 1, "pred": 1, "s64": 8, "u64": 8}
+_BYTES = {
+  "f64": 8,
+  "f32": 4,
+  "bf16": 2,
+  "f16": 2,
+  "s32": 4,
+  "u32": 4,
+  "s8": 1,
+  "u8": 1,
+  "pred": 1,
+  "s64": 8,
+  "u64": 8,
+}
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 _COLLECTIVE = re.compile(
-    r"= (.*?) (all-gather|all-to-all|all-reduce|reduce-scatter|"
-    r"collective-permute)(-start)?\(")
+  r"= (.*?) (all-gather|all-to-all|all-reduce|reduce-scatter|"
+  r"collective-permute)(-start)?\("
+)
 _GROUPS_LIST = re.compile(r"replica_groups=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)?\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[([\d,]+)\]<=")
 
 
 def _bytes_of(shape_text: str) -> int:
-  return sum(_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
-             for dtype, dims in _ARRAY.findall(shape_text))
+  return sum(
+    _BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+    for dtype, dims in _ARRAY.findall(shape_text)
+  )
 
 
 def _group_size(line: str, devices: int) -> int:
-  if (iota := _GROUPS_IOTA.search(line)):
+  if iota := _GROUPS_IOTA.search(line):
     return int(iota.group(1).split(",")[-1])
   if (groups := _GROUPS_LIST.search(line)) and groups.group(1):
     return len(groups.group(1).split("},{")[0].strip("{}").split(","))
@@ -117,9 +137,13 @@ def _collective(line: str, devices: int) -> tuple[str, float] | None:
   k = _group_size(line, devices)
   if k <= 1:
     return None
-  factor = {"all-gather": (k - 1) / k, "all-to-all": (k - 1) / k,
-            "reduce-scatter": k - 1, "all-reduce": 2 * (k - 1) / k,
-            "collective-permute": 1.0}[kind]
+  factor = {
+    "all-gather": (k - 1) / k,
+    "all-to-all": (k - 1) / k,
+    "reduce-scatter": k - 1,
+    "all-reduce": 2 * (k - 1) / k,
+    "collective-permute": 1.0,
+  }[kind]
   return kind, size * factor
 
 
@@ -157,16 +181,17 @@ def collective_bytes(hlo: str, devices: int) -> dict[str, float]:
   def count(name: str) -> tuple[tuple[str, float], ...]:
     total: dict[str, float] = {}
     for line in bodies.get(name, ()):
-      if (moved := _collective(line, devices)):
+      if moved := _collective(line, devices):
         add(total, {moved[0]: moved[1]}, 1)
-      elif (loop := layer_parallel._WHILE.search(line)):
+      elif loop := layer_parallel._WHILE.search(line):
         trips = layer_parallel._TRIP_COUNT.search(line)
         if trips is None:
           raise ValueError(f"a loop without a known trip count: {line[:200]}")
         add(total, dict(count(loop.group(1))), int(trips.group(1)))
-      elif (branches := layer_parallel._BRANCHES.search(line)):
-        counts = [dict(count(b.strip().lstrip("%")))
-                  for b in branches.group(1).split(",")]
+      elif branches := layer_parallel._BRANCHES.search(line):
+        counts = [
+          dict(count(b.strip().lstrip("%"))) for b in branches.group(1).split(",")
+        ]
         add(total, max(counts, key=lambda c: sum(c.values())), 1)
       else:
         for called in layer_parallel._CALLED.findall(line):
@@ -178,8 +203,9 @@ def collective_bytes(hlo: str, devices: int) -> dict[str, float]:
   return dict(count(entry))
 
 
-def _uniform_balance(shapes: dict[str, tuple[int, int]], d: int,
-                     method: str, share: int) -> float:
+def _uniform_balance(
+  shapes: dict[str, tuple[int, int]], d: int, method: str, share: int
+) -> float:
   """The busiest device's polar FLOPs over the mean (the total over D).
 
   ``share`` devices split each group, ceil(B/share) decompositions each (zero
@@ -189,38 +215,44 @@ def _uniform_balance(shapes: dict[str, tuple[int, int]], d: int,
   groups: dict[tuple[int, int], int] = {}
   for shape in shapes.values():
     groups[shape] = groups.get(shape, 0) + 1
-  work = sum(-(-b // share) * distributed.polar_flops(m, n, method)
-             for (m, n), b in groups.items())
-  real = sum(b * distributed.polar_flops(m, n, method)
-             for (m, n), b in groups.items()) / d
+  work = sum(
+    -(-b // share) * distributed.polar_flops(m, n, method)
+    for (m, n), b in groups.items()
+  )
+  real = (
+    sum(b * distributed.polar_flops(m, n, method) for (m, n), b in groups.items()) / d
+  )
   return work / real
 
 
-def _owner_balance(shapes: dict[str, tuple[int, int]], d: int,
-                   method: str) -> float:
+def _owner_balance(shapes: dict[str, tuple[int, int]], d: int, method: str) -> float:
   groups: dict[tuple[int, int], int] = {}
   for shape in shapes.values():
     groups[shape] = groups.get(shape, 0) + 1
   _, load = distributed.plan_owners(
-      [(b, distributed.polar_flops(m, n, method)) for (m, n), b in groups.items()],
-      d)
+    [(b, distributed.polar_flops(m, n, method)) for (m, n), b in groups.items()], d
+  )
   return float(load.max() / load.mean())
 
 
 PATHS = ("owner", "gather", "none")
 
 
-def measure(shapes: dict[str, tuple[int, int]], d: int, kind: str, path: str,
-            method: str) -> dict[str, Any]:
+def measure(
+  shapes: dict[str, tuple[int, int]], d: int, kind: str, path: str, method: str
+) -> dict[str, Any]:
   """Compiles the update for one (D, axis kind, path) and reads its costs."""
   axis_type = AxisType.Explicit if kind == "explicit" else AxisType.Auto
   mesh = jax.make_mesh((d,), ("fsdp",), (axis_type,), devices=jax.devices()[:d])
   sharding = NamedSharding(mesh, P("fsdp", None))
-  grads = {k: jax.ShapeDtypeStruct(s, np.float32, sharding=sharding)
-           for k, s in shapes.items()}
-  distribute = {"owner": optax_egd.Distribute(mesh),
-                "gather": optax_egd.Distribute(mesh, mode="gather"),
-                "none": None}[path]
+  grads = {
+    k: jax.ShapeDtypeStruct(s, np.float32, sharding=sharding) for k, s in shapes.items()
+  }
+  distribute = {
+    "owner": optax_egd.Distribute(mesh),
+    "gather": optax_egd.Distribute(mesh, mode="gather"),
+    "none": None,
+  }[path]
   tx = optax_egd.egd(method=method, distribute=distribute)
   state = jax.eval_shape(tx.init, grads)
   pin = ({k: sharding for k in shapes}, None) if kind == "auto" else None
@@ -228,47 +260,73 @@ def measure(shapes: dict[str, tuple[int, int]], d: int, kind: str, path: str,
   compiled = jax.jit(tx.update, out_shardings=pin).lower(grads, state).compile()
   compile_s = time.perf_counter() - t0
   whole = sum(math.prod(s) * 4 for s in shapes.values())
-  moved = collective_bytes(compiled.as_text(), d)
-  temp = compiled.memory_analysis().temp_size_in_bytes
-  balance = (_owner_balance(shapes, d, method) if path == "owner" else
-             _uniform_balance(shapes, d, method, d if path == "gather" else 1))
-  return {"devices": d, "axes": kind, "path": path, "temp_bytes": temp,
-          "temp_x": temp / whole, "moved_bytes": sum(moved.values()),
-          "moved_x": sum(moved.values()) / whole, "moved_by_kind": moved,
-          "balance": balance, "compile_s": compile_s, "grad_bytes": whole}
+  text, memory = compiled.as_text(), compiled.memory_analysis()
+  assert text is not None and memory is not None
+  moved = collective_bytes(text, d)
+  temp = memory.temp_size_in_bytes
+  balance = (
+    _owner_balance(shapes, d, method)
+    if path == "owner"
+    else _uniform_balance(shapes, d, method, d if path == "gather" else 1)
+  )
+  return {
+    "devices": d,
+    "axes": kind,
+    "path": path,
+    "temp_bytes": temp,
+    "temp_x": temp / whole,
+    "moved_bytes": sum(moved.values()),
+    "moved_x": sum(moved.values()) / whole,
+    "moved_by_kind": moved,
+    "balance": balance,
+    "compile_s": compile_s,
+    "grad_bytes": whole,
+  }
 
 
 def ideal(shapes: dict[str, tuple[int, int]], d: int) -> dict[str, Any]:
   """P/D held, two all-to-alls of P·(D−1)/D² received per device."""
   whole = sum(math.prod(s) * 4 for s in shapes.values())
-  return {"devices": d, "axes": "-", "path": "ideal", "temp_x": 1 / d,
-          "moved_x": 2 * (d - 1) / d**2, "temp_bytes": whole / d,
-          "moved_bytes": whole * 2 * (d - 1) / d**2, "balance": 1.0,
-          "grad_bytes": whole}
+  return {
+    "devices": d,
+    "axes": "-",
+    "path": "ideal",
+    "temp_x": 1 / d,
+    "moved_x": 2 * (d - 1) / d**2,
+    "temp_bytes": whole / d,
+    "moved_bytes": whole * 2 * (d - 1) / d**2,
+    "balance": 1.0,
+    "grad_bytes": whole,
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = _common.parser("fsdp", __doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="2 layers of width 64 instead of 12 of width 768")
-  parser.add_argument("--layers", type=int)
-  parser.add_argument("--width", type=int)
-  parser.add_argument("--method", default="svd")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="2 layers of width 64 instead of 12 of width 768",
+  )
+  parser.add_argument("--layers", type=integer(1), help="default 12 (--quick: 2)")
+  parser.add_argument("--width", type=integer(1), help="default 768 (--quick: 64)")
+  parser.add_argument("--method", default="svd", choices=optax_egd.METHODS)
   args = parser.parse_args(argv)
-  layers = args.layers or (2 if args.quick else 12)
-  width = args.width or (64 if args.quick else 768)
+  layers = (2 if args.quick else 12) if args.layers is None else args.layers
+  width = (64 if args.quick else 768) if args.width is None else args.width
   shapes = gpt2_shapes(layers, width)
   ds = [d for d in (2, 4, 8) if d <= len(jax.devices())]
-  out = _common.out_dir(args.out, "fsdp")
+  out_dir = _common.out_dir(args.out, "fsdp")
   stem = _common.result_stem("fsdp", args.quick)
-  with _common.tee_stdout(out / f"{stem}.txt"):
+  with _common.tee_stdout(out_dir / f"{stem}.txt"):
     info = _common.machine_info()
     _common.print_header("EGD on FSDP-sharded gradients", info)
     whole = sum(math.prod(s) * 4 for s in shapes.values())
-    print(f"tree: {layers} layers × ({width}×{3 * width}, {width}×{width}, "
-          f"{width}×{4 * width}, {4 * width}×{width}), rows sharded over D "
-          f"devices; whole gradient P = {whole / 1e6:.1f} MB; method="
-          f"{args.method!r}\n")
+    print(
+      f"tree: {layers} layers × ({width}×{3 * width}, {width}×{width}, "
+      f"{width}×{4 * width}, {4 * width}×{width}), rows sharded over D "
+      f"devices; whole gradient P = {whole / 1e6:.1f} MB; method="
+      f"{args.method!r}\n"
+    )
     rows: list[dict[str, Any]] = []
     for d in ds:
       rows.append(ideal(shapes, d))
@@ -278,24 +336,46 @@ def main(argv: Sequence[str] | None = None) -> None:
           print(f"  compiled D={d} {kind} {path}", file=sys.stderr, flush=True)
     for row in rows:
       axes = "explicit" if row["path"] == "ideal" else row["axes"]
-      base = next(r for r in rows if r["devices"] == row["devices"]
-                  and r["axes"] == axes and r["path"] == "gather")
-      row["moved_vs_gather"] = (row["moved_bytes"] / base["moved_bytes"]
-                                if base["moved_bytes"] else None)
-    print(_common.markdown_table(rows, [
-        ("devices", "D", "d"), ("axes", "axes", "s"), ("path", "path", "s"),
-        ("temp_x", "temp / P", ".2f"), ("moved_x", "moved / P", ".3f"),
-        ("moved_vs_gather", "moved vs gather", ".2f"),
-        ("balance", "polar max/mean", ".2f")]))
-    print("\nPer device, read from the compiled program (not run). P: the whole"
-          " gradient's bytes. 'moved': bytes received in collectives. 'ideal':"
-          " P/D held, two all-to-alls of P·(D−1)/D².")
-    config = {"layers": layers, "width": width, "devices": ds,
-              "method": args.method, "quick": args.quick, "grad_bytes": whole,
-              "command": "python -m benchmarks.fsdp" + (
-                  " --quick" if args.quick else "")}
-    path = _common.write_json(out / f"{stem}.json", info, config, rows)
-    print(f"wrote {path} and {stem}.txt")
+      base = next(
+        r
+        for r in rows
+        if r["devices"] == row["devices"]
+        and r["axes"] == axes
+        and r["path"] == "gather"
+      )
+      row["moved_vs_gather"] = (
+        row["moved_bytes"] / base["moved_bytes"] if base["moved_bytes"] else None
+      )
+    print(
+      _common.markdown_table(
+        rows,
+        [
+          ("devices", "D", "d"),
+          ("axes", "axes", "s"),
+          ("path", "path", "s"),
+          ("temp_x", "temp / P", ".2f"),
+          ("moved_x", "moved / P", ".3f"),
+          ("moved_vs_gather", "moved vs gather", ".2f"),
+          ("balance", "polar max/mean", ".2f"),
+        ],
+      )
+    )
+    print(
+      "\nPer device, read from the compiled program (not run). P: the whole"
+      " gradient's bytes. 'moved': bytes received in collectives. 'ideal':"
+      " P/D held, two all-to-alls of P·(D−1)/D²."
+    )
+    config = {
+      "layers": layers,
+      "width": width,
+      "devices": ds,
+      "method": args.method,
+      "quick": args.quick,
+      "grad_bytes": whole,
+      "command": "python -m benchmarks.fsdp" + (" --quick" if args.quick else ""),
+    }
+    written = _common.write_json(out_dir / f"{stem}.json", info, config, rows)
+    print(f"wrote {written} and {stem}.txt")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,17 @@ from experiments import models, optimizers, registry, tasks, train
 import optax_egd
 
 POLAR_METHODS = tuple(m for m in optax_egd.METHODS if m != "auto")
-OPTIMIZERS = ("sgd", "official", "egd", *(f"egd-{m}" for m in POLAR_METHODS),
-              "column-norm", "grokfast-ema", "orthograd", "adamw-wd1", "muon")
+OPTIMIZERS = (
+  "sgd",
+  "official",
+  "egd",
+  *(f"egd-{m}" for m in POLAR_METHODS),
+  "column-norm",
+  "grokfast-ema",
+  "orthograd",
+  "adamw-wd1",
+  "muon",
+)
 BASELINES = ("sgd", "official")
 # Also every optimizer of the experiments' registry, at its defaults.
 CHOICES = (*OPTIMIZERS, *(n for n in registry.NAMES if n not in OPTIMIZERS))
@@ -70,8 +79,9 @@ class Summary:
   speedups: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
-def build_optimizer(name: str, config: optimizers.OptimizerConfig,
-                    first_kernel: models.Path) -> optax.GradientTransformation:
+def build_optimizer(
+  name: str, config: optimizers.OptimizerConfig, first_kernel: models.Path
+) -> optax.GradientTransformation:
   """The optimizer ``name``: one of ``OPTIMIZERS``, or of
   :data:`experiments.registry.NAMES`."""
   if name == "official":
@@ -80,31 +90,49 @@ def build_optimizer(name: str, config: optimizers.OptimizerConfig,
     return _common.egd_sgd(name.removeprefix("egd-"), config)
   if name == "adamw-wd1":
     return optimizers.build(
-        "adamw", dataclasses.replace(config, adam_weight_decay=1.0),
-        first_kernel)
+      "adamw", dataclasses.replace(config, adam_weight_decay=1.0), first_kernel
+    )
   return optimizers.build(name, config, first_kernel)
 
 
-def run_one(name: str, op: tasks.Operation, p: int, seed: int,
-            config: train.TrainConfig, log_every: int) -> Row:
+def run_one(
+  name: str,
+  op: tasks.Operation,
+  p: int,
+  seed: int,
+  config: train.TrainConfig,
+  log_every: int,
+) -> Row:
   """Trains the MLP on ``a op b mod p`` with optimizer ``name``."""
   data, model, shuffle_key = _common.paper_mlp_setup(seed, p, op)
-  tx = build_optimizer(name, optimizers.OptimizerConfig(seed=seed),
-                       models.MLP.first_kernel)
+  tx = build_optimizer(
+    name, optimizers.OptimizerConfig(seed=seed), models.MLP.first_kernel
+  )
   compiled, run = train.start(model, tx, data, config)
 
   def log(run: train.Run) -> None:
     h = run.result.history
     if h.epochs % log_every == 0:
-      print(f"    {name} seed {seed}: epoch {h.epochs} test acc "
-            f"{h.test_acc[-1]:.3f} ({sum(h.seconds):.1f} s)", file=sys.stderr,
-            flush=True)
+      print(
+        f"    {name} seed {seed}: epoch {h.epochs} test acc "
+        f"{h.test_acc[-1]:.3f} ({sum(h.seconds):.1f} s)",
+        file=sys.stderr,
+        flush=True,
+      )
 
   run = train.train(compiled, run, shuffle_key, config, log)
   h, result = run.result.history, run.result
-  return Row(name, seed, result.epochs_to_target, result.seconds_to_target,
-             h.epochs, sum(h.seconds), sum(h.seconds) / max(h.epochs, 1),
-             result.compile_seconds, max(h.test_acc, default=0.0))
+  return Row(
+    name,
+    seed,
+    result.epochs_to_target,
+    result.seconds_to_target,
+    h.epochs,
+    sum(h.seconds),
+    sum(h.seconds) / max(h.epochs, 1),
+    result.compile_seconds,
+    max(h.test_acc, default=0.0),
+  )
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -122,10 +150,16 @@ def summarize(rows: Sequence[Row], max_epochs: int) -> list[Summary]:
   for name in dict.fromkeys(r.optimizer for r in rows):
     mine = [r for r in rows if r.optimizer == name]
     done = [r for r in mine if r.epochs is not None]
-    summaries.append(Summary(
-        name, len(done), len(mine), _median([r.epochs for r in done]),
+    summaries.append(
+      Summary(
+        name,
+        len(done),
+        len(mine),
+        _median([r.epochs for r in done]),
         _median([r.seconds for r in done]),
-        statistics.median(r.seconds_per_epoch for r in mine)))
+        statistics.median(r.seconds_per_epoch for r in mine),
+      )
+    )
   by_name = {s.optimizer: s for s in summaries}
   for base in BASELINES:
     b = by_name.get(base)
@@ -133,20 +167,25 @@ def summarize(rows: Sequence[Row], max_epochs: int) -> list[Summary]:
       continue
     base_rows = [r for r in rows if r.optimizer == base]
     b_epochs = statistics.median(
-        max_epochs if r.epochs is None else r.epochs for r in base_rows)
+      max_epochs if r.epochs is None else r.epochs for r in base_rows
+    )
     b_seconds = statistics.median(
-        r.seconds_run if r.seconds is None else r.seconds for r in base_rows)
+      r.seconds_run if r.seconds is None else r.seconds for r in base_rows
+    )
     for s in summaries:
       if s.epochs is None or s.seconds is None:
         continue
       s.speedups[base] = {
-          "epochs": b_epochs / s.epochs, "seconds": b_seconds / s.seconds,
-          "lower_bound": b.reached < b.runs}
+        "epochs": b_epochs / s.epochs,
+        "seconds": b_seconds / s.seconds,
+        "lower_bound": b.reached < b.runs,
+      }
   return summaries
 
 
 def markdown(summaries: Sequence[Summary], max_epochs: int) -> str:
   """The summary as a Markdown table."""
+
   def speedup(s: Summary, base: str, key: str) -> str | None:
     v = s.speedups.get(base)
     if v is None:
@@ -155,76 +194,106 @@ def markdown(summaries: Sequence[Summary], max_epochs: int) -> str:
 
   table = []
   for s in summaries:
-    table.append({
+    table.append(
+      {
         "optimizer": s.optimizer,
         "reached": f"{s.reached}/{s.runs}",
-        "epochs": (f"{s.epochs:g}" if s.epochs is not None
-                   else f"did not reach 95% within {max_epochs}"),
-        "seconds": s.seconds, "s_per_epoch": s.seconds_per_epoch * 1e3,
-        **{f"{base}_{key}": speedup(s, base, key)
-           for base in BASELINES for key in ("epochs", "seconds")}})
-  return _common.markdown_table(table, [
-      ("optimizer", "optimizer", "s"), ("reached", "reached 95%", "s"),
-      ("epochs", "epochs to 95%", "s"), ("seconds", "s to 95%", ".1f"),
+        "epochs": (
+          f"{s.epochs:g}"
+          if s.epochs is not None
+          else f"did not reach 95% within {max_epochs}"
+        ),
+        "seconds": s.seconds,
+        "s_per_epoch": s.seconds_per_epoch * 1e3,
+        **{
+          f"{base}_{key}": speedup(s, base, key)
+          for base in BASELINES
+          for key in ("epochs", "seconds")
+        },
+      }
+    )
+  return _common.markdown_table(
+    table,
+    [
+      ("optimizer", "optimizer", "s"),
+      ("reached", "reached 95%", "s"),
+      ("epochs", "epochs to 95%", "s"),
+      ("seconds", "s to 95%", ".1f"),
       ("s_per_epoch", "ms/epoch", ".1f"),
-      ("sgd_epochs", "×sgd (epochs)", "s"), ("sgd_seconds", "×sgd (s)", "s"),
+      ("sgd_epochs", "×sgd (epochs)", "s"),
+      ("sgd_seconds", "×sgd (s)", "s"),
       ("official_epochs", "×official (epochs)", "s"),
-      ("official_seconds", "×official (s)", "s")])
+      ("official_seconds", "×official (s)", "s"),
+    ],
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point."""
   parser = _common.parser("grok", __doc__.split("\n")[0])
-  parser.add_argument("--task", choices=tasks.OPERATIONS, default="add",
-                      help="a ∘ b mod p (default add)")
+  parser.add_argument(
+    "--task", choices=tasks.OPERATIONS, default="add", help="a ∘ b mod p (default add)"
+  )
   parser.add_argument("--p", type=int, default=97)
-  parser.add_argument("--optimizers", nargs="+", choices=CHOICES,
-                      default=list(OPTIMIZERS), metavar="NAME",
-                      help=f"from {', '.join(OPTIMIZERS)}, or any optimizer of "
-                      "experiments.registry (python -m experiments.grok "
-                      "--optimizer's choices); default: the former")
+  parser.add_argument(
+    "--optimizers",
+    nargs="+",
+    choices=CHOICES,
+    default=list(OPTIMIZERS),
+    metavar="NAME",
+    help=f"from {', '.join(OPTIMIZERS)}, or any optimizer of "
+    "experiments.registry (python -m experiments.grok "
+    "--optimizer's choices); default: the former",
+  )
   parser.add_argument("--seeds", type=int, nargs="+", default=[0])
   parser.add_argument("--batch-size", type=int, default=512)
   parser.add_argument("--max-epochs", type=int, default=10000)
-  parser.add_argument("--quick", action="store_true",
-                      help="cap at 200 epochs (plain SGD needs ~5000)")
-  parser.add_argument("--log-every", type=int, default=500,
-                      help="progress line every N epochs (stderr)")
+  parser.add_argument(
+    "--quick", action="store_true", help="cap at 200 epochs (plain SGD needs ~5000)"
+  )
+  parser.add_argument(
+    "--log-every", type=int, default=500, help="progress line every N epochs (stderr)"
+  )
   args = parser.parse_args(argv)
   max_epochs = min(args.max_epochs, 200) if args.quick else args.max_epochs
-  config = train.TrainConfig(batch_size=args.batch_size,
-                              max_epochs=max_epochs)
+  config = train.TrainConfig(batch_size=args.batch_size, max_epochs=max_epochs)
 
   out = _common.out_dir(args.out, "grok")
   stem = _common.result_stem("grok", args.quick)
   with _common.tee_stdout(out / f"{stem}.txt"):
     info = _common.machine_info()
     _common.print_header(
-        f"Grokking: epochs and seconds to 95% test accuracy on "
-        f"a {args.task} b mod {args.p}", info)
-    print(f"cap: {max_epochs} epochs; seeds {args.seeds}; egd() 'auto' → "
-          f"{optax_egd.auto_method((2 * args.p, _common.MLP_HIDDEN))!r}\n")
+      f"Grokking: epochs and seconds to 95% test accuracy on "
+      f"a {args.task} b mod {args.p}",
+      info,
+    )
+    print(
+      f"cap: {max_epochs} epochs; seeds {args.seeds}; egd() 'auto' → "
+      f"{optax_egd.auto_method((2 * args.p, _common.MLP_HIDDEN))!r}\n"
+    )
     rows = []
     for seed in args.seeds:
       for name in args.optimizers:
-        rows.append(run_one(name, args.task, args.p, seed, config,
-                            args.log_every))
+        rows.append(run_one(name, args.task, args.p, seed, config, args.log_every))
         r = rows[-1]
-        reached = (f"95% at epoch {r.epochs} ({r.seconds:.1f} s)" if r.epochs
-                   else f"did not reach 95% within {max_epochs} epochs "
-                   f"(best {r.best_test_acc:.3f})")
-        print(f"  {name:>18} seed {seed}: {reached}", file=sys.stderr,
-              flush=True)
+        reached = (
+          f"95% at epoch {r.epochs} ({r.seconds:.1f} s)"
+          if r.epochs
+          else f"did not reach 95% within {max_epochs} epochs "
+          f"(best {r.best_test_acc:.3f})"
+        )
+        print(f"  {name:>18} seed {seed}: {reached}", file=sys.stderr, flush=True)
     summaries = summarize(rows, max_epochs)
     table = markdown(summaries, max_epochs)
     print(table)
     run_config = dict(vars(args), max_epochs=max_epochs)
-    path = _common.write_json(out / f"{stem}.json", info, run_config, rows,
-                              summaries)
+    path = _common.write_json(out / f"{stem}.json", info, run_config, rows, summaries)
     md = path.with_suffix(".md")
-    md.write_text(f"a {args.task} b mod {args.p}, seeds {args.seeds}, cap "
-                  f"{max_epochs} epochs; {info['cpu_model']}, load "
-                  f"{info['load_start']['loadavg']}\n\n{table}\n")
+    md.write_text(
+      f"a {args.task} b mod {args.p}, seeds {args.seeds}, cap "
+      f"{max_epochs} epochs; {info['cpu_model']}, load "
+      f"{info['load_start']['loadavg']}\n\n{table}\n"
+    )
     print(f"\nwrote {path}, {md.name} and {stem}.txt")
 
 

@@ -41,10 +41,11 @@ import os
 
 # Before JAX loads: simulated CPU devices.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8")
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  )
 
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
@@ -82,13 +83,16 @@ def gradients(shapes: Shapes, seed: int = 0) -> dict[str, jax.Array]:
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([^\s(]+) ")
 _SVD_CALL = re.compile(
-    r"custom_call_target=\"lapack_[sdcz]ges[dv]d[^\"]*\".*?"
-    r"operand_layout_constraints=\{[a-z0-9]+\[([\d,]*)\]")
+  r"custom_call_target=\"lapack_[sdcz]ges[dv]d[^\"]*\".*?"
+  r"operand_layout_constraints=\{[a-z0-9]+\[([\d,]*)\]"
+)
 _WHILE = re.compile(r" while\(.*?body=%([^\s,]+)")
 _TRIP_COUNT = re.compile(r"\"known_trip_count\":\{\"n\":\"(\d+)\"")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
-_CALLED = re.compile(r"(?:calls|to_apply|true_computation|false_computation)"
-                     r"=%([^\s,]+)")
+_CALLED = re.compile(
+  r"(?:calls|to_apply|true_computation|false_computation)"
+  r"=%([^\s,]+)"
+)
 
 
 def svd_counts(hlo: str) -> dict[str, int]:
@@ -124,17 +128,18 @@ def svd_counts(hlo: str) -> dict[str, int]:
   def count(name: str) -> tuple[tuple[str, int], ...]:
     total: dict[str, int] = {}
     for line in bodies.get(name, ()):
-      if (call := _SVD_CALL.search(line)):
+      if call := _SVD_CALL.search(line):
         dims = [int(d) for d in call.group(1).split(",") if d]
         merge(total, {"×".join(map(str, dims[-2:])): math.prod(dims[:-2])}, 1)
-      elif (loop := _WHILE.search(line)):
+      elif loop := _WHILE.search(line):
         trips = _TRIP_COUNT.search(line)
         if trips is None:
           raise ValueError(f"a loop without a known trip count: {line[:200]}")
         merge(total, dict(count(loop.group(1))), int(trips.group(1)))
-      elif (branches := _BRANCHES.search(line)):
-        counts = [dict(count(b.strip().lstrip("%")))
-                  for b in branches.group(1).split(",")]
+      elif branches := _BRANCHES.search(line):
+        counts = [
+          dict(count(b.strip().lstrip("%"))) for b in branches.group(1).split(",")
+        ]
         merge(total, max(counts, key=lambda c: sum(c.values())), 1)
       else:
         for called in _CALLED.findall(line):
@@ -150,8 +155,9 @@ def mesh_of(d: int) -> jax.sharding.Mesh:
   return jax.make_mesh((d,), ("d",), devices=jax.devices()[:d])
 
 
-def per_device_rows(shapes: Shapes, ds: Sequence[int], *, repeats: int
-                    ) -> list[dict[str, Any]]:
+def per_device_rows(
+  shapes: Shapes, ds: Sequence[int], *, repeats: int
+) -> list[dict[str, Any]]:
   """Matrices, polar time and all-gather per device, for each D."""
   grads = gradients(shapes)
   rows, polar_calls, gather_calls = [], {}, {}
@@ -162,60 +168,78 @@ def per_device_rows(shapes: Shapes, ds: Sequence[int], *, repeats: int
     compiled, _ = _common.compile_fn(tx.update, placed, tx.init(placed))
     svds = svd_counts(compiled.as_text())
     # One device's share, decomposed on one device, one matrix at a time.
-    share = [jax.device_put(
-        jax.random.normal(jax.random.key(m), (math.ceil(b / d), m, n)),
-        jax.devices()[0]) for (m, n), b in shapes.items()]
+    share = [
+      jax.device_put(
+        jax.random.normal(jax.random.key(m), (math.ceil(b / d), m, n)), jax.devices()[0]
+      )
+      for (m, n), b in shapes.items()
+    ]
     polar_fn, _ = _common.compile_fn(
-        lambda xs: [jax.lax.map(optax_egd.polar, x) for x in xs], share)
+      lambda xs: [jax.lax.map(optax_egd.polar, x) for x in xs], share
+    )
     polar_calls[d] = functools.partial(polar_fn, share)
     # The gather: each group's (B_pad, m, n) stack from P("d") to replicated.
-    padded = [jax.device_put(jnp.ones((math.ceil(b / d) * d, m, n)),
-                             NamedSharding(mesh, P("d")))
-              for (m, n), b in shapes.items()]
+    padded = [
+      jax.device_put(
+        jnp.ones((math.ceil(b / d) * d, m, n)), NamedSharding(mesh, P("d"))
+      )
+      for (m, n), b in shapes.items()
+    ]
     if d > 1:
       gather_fn, _ = _common.compile_fn(
-          lambda xs, mesh=mesh: [jax.lax.with_sharding_constraint(
-              x, NamedSharding(mesh, P())) for x in xs], padded)
+        lambda xs, mesh=mesh: [
+          jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P())) for x in xs
+        ],
+        padded,
+      )
       gather_calls[d] = functools.partial(gather_fn, padded)
-    rows.append({
-        "devices": d, "svds_per_device": svds,
+    rows.append(
+      {
+        "devices": d,
+        "svds_per_device": svds,
         "matrices_per_device": sum(svds.values()),
         "expected": sum(math.ceil(b / d) for b in shapes.values()),
-        "gather_mb_in": sum(x.size * 4 for x in padded) * (d - 1) / d / 1e6})
+        "gather_mb_in": sum(x.size * 4 for x in padded) * (d - 1) / d / 1e6,
+      }
+    )
     print(f"  compiled D={d}", file=sys.stderr, flush=True)
   polar_t = _common.time_interleaved(
-      {str(d): call for d, call in polar_calls.items()},
-      repeats=repeats, min_seconds=0.0)
+    {str(d): call for d, call in polar_calls.items()}, repeats=repeats, min_seconds=0.0
+  )
   gather_t = _common.time_interleaved(
-      {str(d): call for d, call in gather_calls.items()},
-      repeats=repeats, min_seconds=0.0)
+    {str(d): call for d, call in gather_calls.items()}, repeats=repeats, min_seconds=0.0
+  )
   base = polar_t[str(ds[0])].median
   for row in rows:
     t = polar_t[str(row["devices"])]
-    row.update(polar_s=t.median, polar_min_s=t.min,
-               polar_ratio=t.median / base)
+    row.update(polar_s=t.median, polar_min_s=t.min, polar_ratio=t.median / base)
     g = gather_t.get(str(row["devices"]))
-    row.update(gather_s=g.median if g else None,
-               gather_min_s=g.min if g else None)
+    row.update(gather_s=g.median if g else None, gather_min_s=g.min if g else None)
   return rows
 
 
-def update_rows(shapes: Shapes, d: int, *, repeats: int
-                ) -> list[dict[str, Any]]:
+def update_rows(shapes: Shapes, d: int, *, repeats: int) -> list[dict[str, Any]]:
   """The whole egd update on a D-device mesh, without and with distribute."""
   mesh = mesh_of(d)
   grads = jax.device_put(gradients(shapes), NamedSharding(mesh, P()))
-  calls, rows = {}, []
+  calls: dict[str, Callable[[], Any]] = {}
+  rows: list[dict[str, Any]] = []
   for name, distribute in (("egd()", None), ("egd(distribute=mesh)", mesh)):
     tx = optax_egd.egd(distribute=distribute)
     state = tx.init(grads)
     compiled, compile_s = _common.compile_fn(tx.update, grads, state)
     calls[name] = functools.partial(compiled, grads, state)
     svds = svd_counts(compiled.as_text())
-    rows.append({"update": name, "devices": d, "svds_per_device": svds,
-                 "matrices_per_device": sum(svds.values()),
-                 "matrices_all_devices": sum(svds.values()) * d,
-                 "compile_s": compile_s})
+    rows.append(
+      {
+        "update": name,
+        "devices": d,
+        "svds_per_device": svds,
+        "matrices_per_device": sum(svds.values()),
+        "matrices_all_devices": sum(svds.values()) * d,
+        "compile_s": compile_s,
+      }
+    )
     print(f"  compiled {name}", file=sys.stderr, flush=True)
   timings = _common.time_interleaved(calls, repeats=repeats, min_seconds=0.0)
   for row in rows:
@@ -226,12 +250,13 @@ def update_rows(shapes: Shapes, d: int, *, repeats: int
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = _common.parser("layer_parallel", __doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="8 layers of width 256 instead of 24 of width 768")
-  parser.add_argument("--layers", type=integer(1),
-                      help="default 24 (--quick: 8)")
-  parser.add_argument("--width", type=integer(1),
-                      help="default 768 (--quick: 256)")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="8 layers of width 256 instead of 24 of width 768",
+  )
+  parser.add_argument("--layers", type=integer(1), help="default 24 (--quick: 8)")
+  parser.add_argument("--width", type=integer(1), help="default 768 (--quick: 256)")
   parser.add_argument("--repeats", type=integer(1), default=3)
   args = parser.parse_args(argv)
   if args.layers is None:
@@ -247,33 +272,55 @@ def main(argv: Sequence[str] | None = None) -> None:
   with _common.tee_stdout(out / f"{stem}.txt"):
     info = _common.machine_info()
     _common.print_header("Layer-parallel polar: egd(distribute=...)", info)
-    print(f"model: {layers} layers × ({width}×{width}, {width}×{4 * width}): "
-          f"{sum(shapes.values())} matrices; D = {ds}\n")
+    print(
+      f"model: {layers} layers × ({width}×{width}, {width}×{4 * width}): "
+      f"{sum(shapes.values())} matrices; D = {ds}\n"
+    )
 
     per_device = per_device_rows(shapes, ds, repeats=args.repeats)
-    print(_common.markdown_table(per_device, [
-        ("devices", "D", "d"),
-        ("matrices_per_device", "matrices / device", "d"),
-        ("expected", "ceil(B/D) per group", "d"),
-        ("polar_s", "polar s (one device's share)", ".3f"),
-        ("polar_ratio", "vs D=1", ".2f"),
-        ("gather_s", "all-gather s", ".4f"),
-        ("gather_mb_in", "MB in / device", ".1f")]))
+    print(
+      _common.markdown_table(
+        per_device,
+        [
+          ("devices", "D", "d"),
+          ("matrices_per_device", "matrices / device", "d"),
+          ("expected", "ceil(B/D) per group", "d"),
+          ("polar_s", "polar s (one device's share)", ".3f"),
+          ("polar_ratio", "vs D=1", ".2f"),
+          ("gather_s", "all-gather s", ".4f"),
+          ("gather_mb_in", "MB in / device", ".1f"),
+        ],
+      )
+    )
     print()
     updates = update_rows(shapes, ds[-1], repeats=args.repeats)
-    print(_common.markdown_table(updates, [
-        ("update", f"update on {ds[-1]} devices", "s"),
-        ("matrices_per_device", "matrices / device", "d"),
-        ("matrices_all_devices", "decompositions, all devices", "d"),
-        ("update_s", "wall s (median)", ".3f"),
-        ("update_min_s", "min", ".3f")]))
-    print("\nSimulated devices share the machine's cores: 'polar s' is the"
-          " per-device compute time; the update's wall time reflects total work"
-          " across devices, not a per-device speedup.")
-    config = {"layers": layers, "width": width, "devices": ds,
-              "repeats": args.repeats, "quick": args.quick}
-    path = _common.write_json(out / f"{stem}.json", info, config,
-                              {"per_device": per_device, "update": updates})
+    print(
+      _common.markdown_table(
+        updates,
+        [
+          ("update", f"update on {ds[-1]} devices", "s"),
+          ("matrices_per_device", "matrices / device", "d"),
+          ("matrices_all_devices", "decompositions, all devices", "d"),
+          ("update_s", "wall s (median)", ".3f"),
+          ("update_min_s", "min", ".3f"),
+        ],
+      )
+    )
+    print(
+      "\nSimulated devices share the machine's cores: 'polar s' is the"
+      " per-device compute time; the update's wall time reflects total work"
+      " across devices, not a per-device speedup."
+    )
+    config = {
+      "layers": layers,
+      "width": width,
+      "devices": ds,
+      "repeats": args.repeats,
+      "quick": args.quick,
+    }
+    path = _common.write_json(
+      out / f"{stem}.json", info, config, {"per_device": per_device, "update": updates}
+    )
     print(f"wrote {path} and {stem}.txt")
 
 

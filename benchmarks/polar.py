@@ -51,11 +51,17 @@ from optax_egd.polar import default_rtol
 Shape = tuple[int, ...]
 
 SHAPES: tuple[Shape, ...] = (
-    (100, 100), (400, 50), (50, 400),        # the paper's parity MLP
-    (194, 512), (512, 97),                   # the paper's mod-p MLP kernels
-    (512, 512), (1024, 1024),
-    (4096, 1024), (1024, 4096), (768, 3072),
-    (12, 768, 768),                          # 12 stacked (scanned) layers
+  (100, 100),
+  (400, 50),
+  (50, 400),  # the paper's parity MLP
+  (194, 512),
+  (512, 97),  # the paper's mod-p MLP kernels
+  (512, 512),
+  (1024, 1024),
+  (4096, 1024),
+  (1024, 4096),
+  (768, 3072),
+  (12, 768, 768),  # 12 stacked (scanned) layers
 )
 QUICK_SHAPES: tuple[Shape, ...] = ((100, 100), (400, 50), (194, 512), (512, 97))
 KINDS = ("gaussian", "rank_deficient", "cond_1e6", "grad")
@@ -63,8 +69,13 @@ QUICK_KINDS = ("gaussian", "grad")
 # The MLP kernels the "grad" kind captures (fan_in × fan_out, as Flax stores them).
 GRAD_SHAPES: dict[Shape, str] = {(194, 512): "hidden", (512, 97): "out"}
 BASELINE = "jnp_svd"
-METHODS = (BASELINE, *(m for m in optax_egd.METHODS if m != "auto"), "auto",
-           "official_rsvd", "eigh_guard")
+METHODS = (
+  BASELINE,
+  *(m for m in optax_egd.METHODS if m != "auto"),
+  "auto",
+  "official_rsvd",
+  "eigh_guard",
+)
 OFFICIAL_CLAMP = 1e-6
 COND = 1e6
 
@@ -95,8 +106,7 @@ def _orthonormal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
   return q
 
 
-def _one_matrix(kind: str, m: int, n: int, rng: np.random.Generator
-                ) -> np.ndarray:
+def _one_matrix(kind: str, m: int, n: int, rng: np.random.Generator) -> np.ndarray:
   k = min(m, n)
   if kind == "gaussian":
     return rng.standard_normal((m, n))
@@ -109,8 +119,9 @@ def _one_matrix(kind: str, m: int, n: int, rng: np.random.Generator
   raise ValueError(f"unknown kind {kind!r}")
 
 
-def make_matrix(kind: str, shape: Shape, seed: int,
-                grads: dict[str, np.ndarray]) -> np.ndarray | None:
+def make_matrix(
+  kind: str, shape: Shape, seed: int, grads: dict[str, np.ndarray]
+) -> np.ndarray | None:
   """A float32 input of ``kind`` and ``shape`` (None if the kind has none).
 
   ``grad`` exists only for the MLP kernel shapes (``GRAD_SHAPES``).
@@ -138,16 +149,17 @@ def reference_polar(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return (u * unit[..., None, :]) @ vh, s, s > cutoff
 
 
-def errors(out: np.ndarray, ref: np.ndarray, kept: np.ndarray
-           ) -> tuple[float, float]:
+def errors(out: np.ndarray, ref: np.ndarray, kept: np.ndarray) -> tuple[float, float]:
   """Relative Frobenius error and max |σ - 1| over the reference's kept σ."""
   out = out.astype(np.float64)
   rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
   s_out = np.linalg.svd(out, compute_uv=False)
   counts = kept.sum(axis=-1).reshape(-1)
   flat = s_out.reshape(-1, s_out.shape[-1])
-  dev = max(float(np.max(np.abs(s[:c] - 1), initial=0.0))
-            for s, c in zip(flat, counts, strict=True))
+  dev = max(
+    float(np.max(np.abs(s[:c] - 1), initial=0.0))
+    for s, c in zip(flat, counts, strict=True)
+  )
   return rel, dev
 
 
@@ -158,8 +170,7 @@ def jnp_svd_polar(x: jax.Array) -> jax.Array:
   u, s, vh = jnp.linalg.svd(x, full_matrices=False)
   cutoff = rtol * s[..., :1]
   unit = jnp.where(s > 0, s / jnp.maximum(s, jnp.where(s > 0, cutoff, 1)), 0)
-  return jnp.matmul(u * unit[..., None, :], vh,
-                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.matmul(u * unit[..., None, :], vh, precision=jax.lax.Precision.HIGHEST)
 
 
 def official_rsvd(g: jax.Array, rank: int) -> jax.Array:
@@ -186,16 +197,19 @@ def eigh_guard(x: jax.Array, tol: float) -> jax.Array:
 
   def from_eigh(_: jax.Array) -> jax.Array:
     inv_sqrt = jax.lax.rsqrt(lam)
-    y = jnp.matmul(jnp.matmul(v * inv_sqrt[..., None, :],
-                              jnp.swapaxes(v, -1, -2), precision=hi),
-                   wide, precision=hi)
+    y = jnp.matmul(
+      jnp.matmul(v * inv_sqrt[..., None, :], jnp.swapaxes(v, -1, -2), precision=hi),
+      wide,
+      precision=hi,
+    )
     return jnp.swapaxes(y, -1, -2) if tall else y
 
   return jax.lax.cond(ok, from_eigh, lambda a: optax_egd.polar(a, "svd"), x)
 
 
-def method_fn(method: str, shape: Shape, rsvd_rank: int, guard_tol: float
-              ) -> Callable[[jax.Array], jax.Array]:
+def method_fn(
+  method: str, shape: Shape, rsvd_rank: int, guard_tol: float
+) -> Callable[[jax.Array], jax.Array]:
   """The function of ``x`` that benchmarks ``method`` on ``shape``."""
   rank = min(rsvd_rank, *shape[-2:])
   if method == BASELINE:
@@ -206,50 +220,77 @@ def method_fn(method: str, shape: Shape, rsvd_rank: int, guard_tol: float
   if method == "eigh_guard":
     return lambda x: eigh_guard(x, guard_tol)
   if method == "rsvd":
-    return lambda x: optax_egd.polar(x, "rsvd", rank=rank,
-                                     key=jax.random.key(0))
+    return lambda x: optax_egd.polar(x, "rsvd", rank=rank, key=jax.random.key(0))
   return lambda x: optax_egd.polar(x, method)
 
 
 # ── Driver ───────────────────────────────────────────────────────────────────
-def run(shapes: Sequence[Shape], kinds: Sequence[str], methods: Sequence[str],
-        *, repeats: int, min_seconds: float, rsvd_rank: int, guard_tol: float,
-        seed: int, verbose: bool = True) -> list[Row]:
+def run(
+  shapes: Sequence[Shape],
+  kinds: Sequence[str],
+  methods: Sequence[str],
+  *,
+  repeats: int,
+  min_seconds: float,
+  rsvd_rank: int,
+  guard_tol: float,
+  seed: int,
+  verbose: bool = True,
+) -> list[Row]:
   """Measures every (shape, kind, method); returns the rows.
 
   Per shape every method is compiled once; per input the methods are timed
   in interleaved rounds (:func:`benchmarks._common.time_interleaved`).
   """
-  grads = (_common.paper_mlp_gradients(seed=seed)
-           if "grad" in kinds and any(s in GRAD_SHAPES for s in shapes) else {})
+  grads = (
+    _common.paper_mlp_gradients(seed=seed)
+    if "grad" in kinds and any(s in GRAD_SHAPES for s in shapes)
+    else {}
+  )
   rows: list[Row] = []
   for shape in shapes:
-    inputs = {k: x for k in kinds
-              if (x := make_matrix(k, shape, seed, grads)) is not None}
+    inputs = {
+      k: x for k in kinds if (x := make_matrix(k, shape, seed, grads)) is not None
+    }
     spec = jax.ShapeDtypeStruct(shape, jnp.float32)
-    compiled = {m: _common.compile_fn(
-        method_fn(m, shape, rsvd_rank, guard_tol), spec) for m in methods}
+    compiled = {
+      m: _common.compile_fn(method_fn(m, shape, rsvd_rank, guard_tol), spec)
+      for m in methods
+    }
     for kind, x in inputs.items():
       ref, s, kept = reference_polar(x)
       xj = jnp.asarray(x)
       timings = _common.time_interleaved(
-          {m: functools.partial(fn, xj) for m, (fn, _) in compiled.items()},
-          repeats=repeats, min_seconds=min_seconds)
+        {m: functools.partial(fn, xj) for m, (fn, _) in compiled.items()},
+        repeats=repeats,
+        min_seconds=min_seconds,
+      )
       for method, (fn, compile_s) in compiled.items():
         rel, dev = errors(np.asarray(fn(xj)), ref, kept)
         t = timings[method]
-        rows.append(Row(
-            shape=shape, kind=kind, method=method,
-            resolves_to=optax_egd.auto_method(shape) if method == "auto"
-            else method,
-            median_s=t.median, min_s=t.min, repeats=t.repeats,
-            compile_s=compile_s, rel_err=rel, max_dev_kept=dev,
+        rows.append(
+          Row(
+            shape=shape,
+            kind=kind,
+            method=method,
+            resolves_to=optax_egd.auto_method(shape) if method == "auto" else method,
+            median_s=t.median,
+            min_s=t.min,
+            repeats=t.repeats,
+            compile_s=compile_s,
+            rel_err=rel,
+            max_dev_kept=dev,
             kept=int(kept.sum(axis=-1).min()),
-            cond=float(np.max(s[..., 0] / s[..., -1]))))
+            cond=float(np.max(s[..., 0] / s[..., -1])),
+          )
+        )
         if verbose:
-          print(f"  {shape_str(shape):>12} {kind:>14} {method:>14}"
-                f" {t.median * 1e3:10.3f} ms  err {rel:.2e}  dev {dev:.2e}",
-                file=sys.stderr, flush=True)
+          print(
+            f"  {shape_str(shape):>12} {kind:>14} {method:>14}"
+            f" {t.median * 1e3:10.3f} ms  err {rel:.2e}  dev {dev:.2e}",
+            file=sys.stderr,
+            flush=True,
+          )
   _add_relative(rows)
   return rows
 
@@ -260,8 +301,7 @@ def _add_relative(rows: list[Row]) -> None:
     base = bases.get((r.shape, r.kind))
     if base is not None:
       r.speedup_vs_base = base.median_s / r.median_s
-      r.err_over_base = (r.rel_err / base.rel_err if base.rel_err > 0
-                         else None)
+      r.err_over_base = r.rel_err / base.rel_err if base.rel_err > 0 else None
 
 
 def shape_str(shape: Shape) -> str:
@@ -269,8 +309,9 @@ def shape_str(shape: Shape) -> str:
   return "×".join(map(str, shape))
 
 
-def summary_tables(rows: Sequence[Row], methods: Sequence[str]
-                   ) -> dict[str, list[dict[str, Any]]]:
+def summary_tables(
+  rows: Sequence[Row], methods: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
   """Pivots: time (ms) per shape × method on the first kind measured, and
   the worst relative error per kind × method (over shapes)."""
   shapes = list(dict.fromkeys(r.shape for r in rows))
@@ -295,25 +336,45 @@ def summary_tables(rows: Sequence[Row], methods: Sequence[str]
 
 def print_report(rows: Sequence[Row], methods: Sequence[str]) -> dict[str, Any]:
   """Prints the full table and the pivots; returns the pivots."""
-  table = [dict(dataclasses.asdict(r), shape=shape_str(r.shape),
-                ms=r.median_s * 1e3, min_ms=r.min_s * 1e3) for r in rows]
-  print(_common.markdown_table(table, [
-      ("shape", "shape", "s"), ("kind", "kind", "s"), ("method", "method", "s"),
-      ("ms", "median ms", ".3f"), ("min_ms", "min ms", ".3f"),
-      ("speedup_vs_base", "base/this", ".2f"), ("rel_err", "rel err", ".1e"),
-      ("err_over_base", "err/base", ".2g"),
-      ("max_dev_kept", "max|σ-1| kept", ".1e"), ("kept", "kept", "d"),
-      ("cond", "cond", ".1e")]))
+  table = [
+    dict(
+      dataclasses.asdict(r),
+      shape=shape_str(r.shape),
+      ms=r.median_s * 1e3,
+      min_ms=r.min_s * 1e3,
+    )
+    for r in rows
+  ]
+  print(
+    _common.markdown_table(
+      table,
+      [
+        ("shape", "shape", "s"),
+        ("kind", "kind", "s"),
+        ("method", "method", "s"),
+        ("ms", "median ms", ".3f"),
+        ("min_ms", "min ms", ".3f"),
+        ("speedup_vs_base", "base/this", ".2f"),
+        ("rel_err", "rel err", ".1e"),
+        ("err_over_base", "err/base", ".2g"),
+        ("max_dev_kept", "max|σ-1| kept", ".1e"),
+        ("kept", "kept", "d"),
+        ("cond", "cond", ".1e"),
+      ],
+    )
+  )
   summary = summary_tables(rows, methods)
   kinds = list(dict.fromkeys(r.kind for r in rows))
   cols = [(m, m, ".3g") for m in methods]
   print(f"\nMedian ms ({kinds[0]} input):")
-  print(_common.markdown_table(summary["time_ms"], [("shape", "shape", "s")]
-                               + cols))
+  print(_common.markdown_table(summary["time_ms"], [("shape", "shape", "s")] + cols))
   print("\nWorst relative error over shapes:")
-  print(_common.markdown_table(summary["worst_rel_err"],
-                               [("kind", "kind", "s")]
-                               + [(m, m, ".1e") for m in methods]))
+  print(
+    _common.markdown_table(
+      summary["worst_rel_err"],
+      [("kind", "kind", "s")] + [(m, m, ".1e") for m in methods],
+    )
+  )
   return summary
 
 
@@ -325,22 +386,39 @@ def parse_shape(text: str) -> Shape:
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point."""
   parser = _common.parser("polar", __doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="shapes " + ", ".join(map(shape_str, QUICK_SHAPES))
-                      + "; kinds " + ", ".join(QUICK_KINDS) + "; 3 repeats")
-  parser.add_argument("--shapes", nargs="+", type=parse_shape,
-                      help="e.g. 194x512 12x768x768 (default: all)")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="shapes "
+    + ", ".join(map(shape_str, QUICK_SHAPES))
+    + "; kinds "
+    + ", ".join(QUICK_KINDS)
+    + "; 3 repeats",
+  )
+  parser.add_argument(
+    "--shapes",
+    nargs="+",
+    type=parse_shape,
+    help="e.g. 194x512 12x768x768 (default: all)",
+  )
   parser.add_argument("--kinds", nargs="+", choices=KINDS)
-  parser.add_argument("--methods", nargs="+", choices=METHODS,
-                      default=list(METHODS))
-  parser.add_argument("--repeats", type=int, default=5,
-                      help="timed calls at least (default 5)")
-  parser.add_argument("--min-seconds", type=float, default=0.5,
-                      help="keep timing small shapes until this much time "
-                      "(default 0.5)")
+  parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+  parser.add_argument(
+    "--repeats", type=int, default=5, help="timed calls at least (default 5)"
+  )
+  parser.add_argument(
+    "--min-seconds",
+    type=float,
+    default=0.5,
+    help="keep timing small shapes until this much time (default 0.5)",
+  )
   parser.add_argument("--rsvd-rank", type=int, default=128)
-  parser.add_argument("--guard-tol", type=float, default=1e-3,
-                      help="eigh_guard: least λ_min/λ_max that keeps eigh")
+  parser.add_argument(
+    "--guard-tol",
+    type=float,
+    default=1e-3,
+    help="eigh_guard: least λ_min/λ_max that keeps eigh",
+  )
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if BASELINE not in args.methods:
@@ -355,15 +433,26 @@ def main(argv: Sequence[str] | None = None) -> None:
   with _common.tee_stdout(out / f"{stem}.txt"):
     info = _common.machine_info()
     _common.print_header("Polar-factor methods: time and accuracy", info)
-    rows = run(shapes, kinds, args.methods, repeats=repeats,
-               min_seconds=min_seconds, rsvd_rank=args.rsvd_rank,
-               guard_tol=args.guard_tol, seed=args.seed)
+    rows = run(
+      shapes,
+      kinds,
+      args.methods,
+      repeats=repeats,
+      min_seconds=min_seconds,
+      rsvd_rank=args.rsvd_rank,
+      guard_tol=args.guard_tol,
+      seed=args.seed,
+    )
     summary = print_report(rows, args.methods)
-    config = dict(vars(args), shapes=shapes, kinds=kinds, repeats=repeats,
-                  min_seconds=min_seconds,
-                  auto={shape_str(s): optax_egd.auto_method(s) for s in shapes})
-    path = _common.write_json(out / f"{stem}.json", info, config, rows,
-                              summary)
+    config = dict(
+      vars(args),
+      shapes=shapes,
+      kinds=kinds,
+      repeats=repeats,
+      min_seconds=min_seconds,
+      auto={shape_str(s): optax_egd.auto_method(s) for s in shapes},
+    )
+    path = _common.write_json(out / f"{stem}.json", info, config, rows, summary)
     print(f"\nwrote {path} and {stem}.txt")
 
 

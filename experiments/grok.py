@@ -189,9 +189,7 @@ OUTPUTS = ("results.json", "curves.png", "spectrum.png", "checkpoints")
 
 def build_parser() -> argparse.ArgumentParser:
   """The command line's parser; every numeric option checks its range."""
-  p = argparse.ArgumentParser(
-    prog=PROG, description=__doc__.splitlines()[0]
-  )
+  p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   task = p.add_argument_group("task")
   task.add_argument(
     "--preset",
@@ -253,9 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
       type=integer(1),
       help=f"transformer, grokfast: {name.replace('-', '_')} (default {default})",
     )
-  model.add_argument(
-    "--depth", type=integer(1), help="omnigrok: MLP depth (default 3)"
-  )
+  model.add_argument("--depth", type=integer(1), help="omnigrok: MLP depth (default 3)")
   model.add_argument(
     "--width", type=integer(1), help="omnigrok: MLP width (default 200)"
   )
@@ -506,9 +502,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         f"{', '.join(used_by)})"
       )
   defaults = _FALLBACK | OPTION_DEFAULTS | task_defaults(args)
-  batch_size = defaults.pop("batch_size")
-  applies = lambda name: args.task in TASK_OPTIONS.get(name, (args.task,)) and (
-    args.model in MODEL_OPTIONS.get(name, (args.model,))
+  batch_size: int = defaults.pop("batch_size")  # type: ignore[assignment]
+  applies = lambda name: (
+    args.task in TASK_OPTIONS.get(name, (args.task,))
+    and (args.model in MODEL_OPTIONS.get(name, (args.model,)))
   )
   for name, value in defaults.items():
     if getattr(args, name, None) is None and applies(name):
@@ -613,7 +610,11 @@ def make_data(args: argparse.Namespace, key: jax.Array) -> tasks.Dataset:
   if args.task.startswith("mod_"):
     op = args.task.removeprefix("mod_")
     return tasks.modular_arithmetic(
-      key, op, args.p, args.train_fraction, args.encoding,
+      key,
+      op,
+      args.p,
+      args.train_fraction,
+      args.encoding,
       0.0 if args.label_noise is None else args.label_noise,
     )
   if args.task == "parity":
@@ -762,9 +763,7 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> RunResult:
   return state.result
 
 
-def optimizer_config(
-  args: argparse.Namespace, seed: int
-) -> registry.OptimizerConfig:
+def optimizer_config(args: argparse.Namespace, seed: int) -> registry.OptimizerConfig:
   """The hyperparameters of the (resolved) options, for :func:`optimizers.build`."""
   return registry.OptimizerConfig(
     seed=seed,
@@ -1149,8 +1148,10 @@ def main(argv: list[str] | None = None) -> None:
   records = []
   seeds = list(range(args.seed, args.seed + args.seeds))
   if args.vectorize_seeds:
-    print(f"--vectorize-seeds: seeds {seeds[0]}..{seeds[-1]} of each optimizer in "
-          "one program; no checkpoints")
+    print(
+      f"--vectorize-seeds: seeds {seeds[0]}..{seeds[-1]} of each optimizer in "
+      "one program; no checkpoints"
+    )
     for name in args.optimizers:
       for seed, result in zip(seeds, run_vectorized(args, name, seeds), strict=True):
         records.append(run_record(name, seed, result))

@@ -158,47 +158,87 @@ _MLP_VARIANTS: dict[str, dict[str, Any]] = {
 _EGD_PAPER = "EGD paper (Saheb Pasand & Dohmatob, ICLR 2026), its official scripts"
 TASKS: dict[str, Task] = {
   "add97-mlp": Task(
-    dict(task="mod_add", p=97), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
-    _EGD_PAPER, dict(task="mod_add", **_MLP_QUICK),
+    dict(task="mod_add", p=97),
+    "sgd",
+    2700,
+    "mlp",
+    ALL_OPTIMIZERS,
+    _EGD_PAPER,
+    dict(task="mod_add", **_MLP_QUICK),
   ),
   "mul97-mlp": Task(
-    dict(task="mod_mul", p=97), "sgd", 2700, "mlp", ALL_OPTIMIZERS,
-    _EGD_PAPER, dict(task="mod_mul", **_MLP_QUICK),
+    dict(task="mod_mul", p=97),
+    "sgd",
+    2700,
+    "mlp",
+    ALL_OPTIMIZERS,
+    _EGD_PAPER,
+    dict(task="mod_mul", **_MLP_QUICK),
   ),
   "parity-400-2": Task(
-    dict(task="parity", k=2), "sgd", 18600, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, dict(task="parity", k=2, **_PARITY_QUICK),
+    dict(task="parity", k=2),
+    "sgd",
+    18600,
+    "parity",
+    ALL_OPTIMIZERS,
+    _EGD_PAPER,
+    dict(task="parity", k=2, **_PARITY_QUICK),
   ),
   **{
     f"add97-mlp-{name}": Task(
-      dict(task="mod_add", p=97, **extra), "sgd", 2700, "mlp",
-      VARIANT_OPTIMIZERS, _EGD_PAPER + ", with " + " ".join(grok.argv(extra)),
+      dict(task="mod_add", p=97, **extra),
+      "sgd",
+      2700,
+      "mlp",
+      VARIANT_OPTIMIZERS,
+      _EGD_PAPER + ", with " + " ".join(grok.argv(extra)),
       dict(task="mod_add", **_MLP_QUICK, **(extra if "noise" in name else {})),
     )
     for name, extra in _MLP_VARIANTS.items()
   },
   "grokfast": Task(
-    dict(preset="grokfast"), "adamw", 1000, "transformer", ALL_OPTIMIZERS,
+    dict(preset="grokfast"),
+    "adamw",
+    1000,
+    "transformer",
+    ALL_OPTIMIZERS,
     "Grokfast (Lee et al. 2024), ironjr/grokfast main.py",
     dict(preset="grokfast", **_TRANSFORMER_QUICK),
   ),
   "add97-transformer": Task(
-    dict(task="mod_add", p=97, encoding="tokens"), "adamw", 3000,
-    "transformer", ALL_OPTIMIZERS,
+    dict(task="mod_add", p=97, encoding="tokens"),
+    "adamw",
+    3000,
+    "transformer",
+    ALL_OPTIMIZERS,
     "Power et al. 2022 style: a + b mod 97, 50% train, 2-layer decoder "
     "(d_model 128, 4 heads), AdamW β2 0.98, 10-step warmup",
     dict(task="mod_add", encoding="tokens", **_TRANSFORMER_QUICK),
   ),
   "parity-100-3": Task(
-    dict(task="parity", k=3), "sgd", 62000, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, dict(task="parity", k=3, **_PARITY_QUICK),
+    dict(task="parity", k=3),
+    "sgd",
+    62000,
+    "parity",
+    ALL_OPTIMIZERS,
+    _EGD_PAPER,
+    dict(task="parity", k=3, **_PARITY_QUICK),
   ),
   "parity-50-4": Task(
-    dict(task="parity", k=4), "sgd", 62000, "parity", ALL_OPTIMIZERS,
-    _EGD_PAPER, dict(task="parity", k=4, **_PARITY_QUICK),
+    dict(task="parity", k=4),
+    "sgd",
+    62000,
+    "parity",
+    ALL_OPTIMIZERS,
+    _EGD_PAPER,
+    dict(task="parity", k=4, **_PARITY_QUICK),
   ),
   "mnist": Task(
-    dict(task="mnist"), "adamw", 2000, "mnist", ALL_OPTIMIZERS,
+    dict(task="mnist"),
+    "adamw",
+    2000,
+    "mnist",
+    ALL_OPTIMIZERS,
     "Omnigrok (Liu et al. 2023): 1000 training images, MSE, init ×8",
     dict(task="mnist", n_train=100, width=16),
   ),
@@ -207,6 +247,7 @@ TASKS: dict[str, Task] = {
 QUICK_TASKS = ("add97-mlp",)
 QUICK_OPTIMIZERS = ("baseline", "egd")
 QUICK_CAP_STEPS = 8
+
 
 def grok_options(task: str, name: str) -> tuple[str, dict[str, Any]]:
   """The :mod:`experiments.grok` optimizer name of leaderboard optimizer
@@ -262,6 +303,7 @@ def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
   grok_name, _ = grok_optimizer(task, name)
   spec = registry.get(grok_name)
   lr_key, wd_key = (*spec.tuned, None)[:2]
+  assert lr_key is not None  # registry.OptimizerSpec checks tune is not empty
   centre = _centre(task, spec)
   rounded = lambda v: float(f"{v:.4g}")
   if wd_key is None:
@@ -574,7 +616,6 @@ def train_row(
 ) -> dict[str, Any]:
   """Train one run and return its row."""
   import jax
-
 
   args = resolved(task, name, config, quick)
   result = grok.run_one(args, args.optimizers[0], seed)

@@ -55,8 +55,15 @@ _MOMENTUM_FALLBACK = 0.0
 
 # optax_egd.METHODS but "rsvd" (which needs a rank): the --polar-method
 # choices, spelled out so that --help does not import JAX (tests check it).
-POLAR_METHODS = ("auto", "svd", "eigh", "newton_schulz", "polar_express", "qdwh",
-                 "polar_express_exact")
+POLAR_METHODS = (
+  "auto",
+  "svd",
+  "eigh",
+  "newton_schulz",
+  "polar_express",
+  "qdwh",
+  "polar_express_exact",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,32 +330,59 @@ SPECS: dict[str, OptimizerSpec] = {
   spec.name: spec
   for spec in (
     OptimizerSpec("sgd", _BUILD + "base", _SGD, "sgd", args=("sgd",), label="SGD"),
-    OptimizerSpec("adamw", _BUILD + "base", _ADAMW, "adamw", args=("adamw",),
-                  label="AdamW"),  # fmt: skip
     OptimizerSpec(
-      "muon", _BUILD + "muon", ("muon_lr", "adam_weight_decay", "warmup_steps"),
-      "sgd", label="Muon", tune=("muon_lr", "adam_weight_decay"),
+      "adamw", _BUILD + "base", _ADAMW, "adamw", args=("adamw",), label="AdamW"
+    ),  # fmt: skip
+    OptimizerSpec(
+      "muon",
+      _BUILD + "muon",
+      ("muon_lr", "adam_weight_decay", "warmup_steps"),
+      "sgd",
+      label="Muon",
+      tune=("muon_lr", "adam_weight_decay"),
       centre={"mlp": 0.06, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
     ),
     OptimizerSpec(
-      "egdm", _BUILD + "egdm",
-      ("lr", "momentum", "weight_decay", "warmup_steps", "polar_method"), "sgd",
-      tune=("lr", "weight_decay"), defaults={"momentum": EGDM_MOMENTUM},
+      "egdm",
+      _BUILD + "egdm",
+      ("lr", "momentum", "weight_decay", "warmup_steps", "polar_method"),
+      "sgd",
+      tune=("lr", "weight_decay"),
+      defaults={"momentum": EGDM_MOMENTUM},
       centre={"mlp": 0.1, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
     ),
     OptimizerSpec(
-      "adam-egd", _BUILD + "egd_on_smoothed",
-      ("lr", "adam_lr", "b1", "b2", "adam_weight_decay", "warmup_steps",
-       "polar_method"), "adamw", args=("adam-egd",), label="Adam → EGD",
+      "adam-egd",
+      _BUILD + "egd_on_smoothed",
+      (
+        "lr",
+        "adam_lr",
+        "b1",
+        "b2",
+        "adam_weight_decay",
+        "warmup_steps",
+        "polar_method",
+      ),
+      "adamw",
+      args=("adam-egd",),
+      label="Adam → EGD",
       tune=("lr", "adam_weight_decay"),
       centre={"mlp": 0.05, "parity": 0.01, "transformer": 0.02, "mnist": 0.1},
     ),  # fmt: skip
     *(
-      OptimizerSpec(name, _BUILD + "egd_on_smoothed", _MOMENTUM_EGD, "sgd",
-                    args=(name,), defaults={"momentum": DEFAULT_MOMENTUM},
-                    label=label)
-      for name, label in (("momentum-egd", None),
-                          ("momentum-egd-first-layer", "EGD on momentum (first layer)"))
+      OptimizerSpec(
+        name,
+        _BUILD + "egd_on_smoothed",
+        _MOMENTUM_EGD,
+        "sgd",
+        args=(name,),
+        defaults={"momentum": DEFAULT_MOMENTUM},
+        label=label,
+      )
+      for name, label in (
+        ("momentum-egd", None),
+        ("momentum-egd-first-layer", "EGD on momentum (first layer)"),
+      )
     ),  # fmt: skip
     *(_preconditioner(name, "sgd") for name in PRECONDITIONERS),
     *(_preconditioner(name, "adamw") for name in PRECONDITIONERS),

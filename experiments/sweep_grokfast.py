@@ -321,14 +321,16 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cap = max(r["cap_steps"] for r in runs)
     values = [s if s is not None else cap + 1 for s in steps]
     median = statistics.median(values)
-    rows.append({
-      "config": name,
-      "lr": lr,
-      "seeds": [r["seed"] for r in runs],
-      "steps": steps,
-      "cap_steps": cap,
-      "median": None if median > cap else median,
-    })
+    rows.append(
+      {
+        "config": name,
+        "lr": lr,
+        "seeds": [r["seed"] for r in runs],
+        "steps": steps,
+        "cap_steps": cap,
+        "median": None if median > cap else median,
+      }
+    )
   return rows
 
 
@@ -393,8 +395,10 @@ def main(argv: list[str] | None = None) -> None:
   for entry in (e.strip() for e in args.configs.split(",") if e.strip()):
     name, _, lr = entry.partition("@")
     if name not in CONFIGS and name not in registry.SPECS:
-      p.error(f"--configs: unknown {name!r}; choose from {', '.join(CONFIGS)} or "
-              f"{', '.join(n for n in registry.SPECS if n not in CONFIGS)}")
+      p.error(
+        f"--configs: unknown {name!r}; choose from {', '.join(CONFIGS)} or "
+        f"{', '.join(n for n in registry.SPECS if n not in CONFIGS)}"
+      )
     plan += [(name, float(lr))] if lr else [(name, v) for v in lrs]
   config = TrainConfig(batch_size=512, drop_last=False, l2=0.0, loss="cross_entropy")
   per_epoch = steps_per_epoch(4656, config)
@@ -431,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         f"({cell['epochs_run']} epochs, {cell['seconds']:.0f} s)",
         flush=True,
       )
+
 
 if __name__ == "__main__":
   main()

@@ -204,8 +204,14 @@ def grokfast_multiplication(
   labels = jnp.asarray((x * y) % p, jnp.int32)
   train, test = split_indices(key, len(labels), train_fraction)
   return Dataset(
-    "grokfast_mul", tokens[train], labels[train], tokens[test], labels[test],
-    p + 2, 0, p + 2,
+    "grokfast_mul",
+    tokens[train],
+    labels[train],
+    tokens[test],
+    labels[test],
+    p + 2,
+    0,
+    p + 2,
   )
 
 

@@ -288,9 +288,7 @@ def _epoch_body(
 
     def gradient_spectrum(params: Any) -> jax.Array:
       head = slice(0, config.batch_size)
-      grads = jax.grad(objective, has_aux=True)(
-        params, x_train[head], y_train[head]
-      )[0]
+      grads = jax.grad(objective, has_aux=True)(params, x_train[head], y_train[head])[0]
       kernel = [
         g
         for path, g in jax.tree_util.tree_leaves_with_path(grads)
@@ -298,7 +296,8 @@ def _epoch_body(
       ]
       if len(kernel) != 1:
         raise ValueError(f"spectrum_of={config.spectrum_of} names no parameter")
-      return spectrum(kernel[0]).singular_values
+      info: Any = spectrum(kernel[0])
+      return info.singular_values
 
     batches, weights = epoch_batches(jax.random.fold_in(key, index), n_train, config)
     (params, opt_state), (losses, accs) = jax.lax.scan(

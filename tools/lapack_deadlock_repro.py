@@ -70,29 +70,39 @@ print("finished", flush=True)
 def settings() -> dict[str, str]:
   import jax
   import jaxlib
+
   try:
     cores = str(len(os.sched_getaffinity(0)))
   except AttributeError:
     cores = "?"
   return {
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "backend": jax.default_backend(),
-      "os.cpu_count": str(os.cpu_count()),
-      "cores available": cores,
-      **{k: os.environ.get(k, "(unset)") for k in
-         ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-          "NPROC", "XLA_FLAGS")},
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "backend": jax.default_backend(),
+    "os.cpu_count": str(os.cpu_count()),
+    "cores available": cores,
+    **{
+      k: os.environ.get(k, "(unset)")
+      for k in (
+        "OPENBLAS_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NPROC",
+        "XLA_FLAGS",
+      )
+    },
   }
 
 
 def summarize(bt: str) -> list[str]:
   """One line per thread: its innermost interesting frames."""
-  keep = re.compile(r"ParallelBatchMap|lapack_\w+_ffi|BlockingCounter|"
-                    r"CustomCallThunk|EigenThreadPool|NonBlockingThreadPool|"
-                    r"WaitForWork|futex|pthread_cond|PjRt|block_until_ready|"
-                    r"Thunk::|ThunkExecutor")
+  keep = re.compile(
+    r"ParallelBatchMap|lapack_\w+_ffi|BlockingCounter|"
+    r"CustomCallThunk|EigenThreadPool|NonBlockingThreadPool|"
+    r"WaitForWork|futex|pthread_cond|PjRt|block_until_ready|"
+    r"Thunk::|ThunkExecutor"
+  )
   threads = re.split(r"\n(?=Thread \d+ )", bt)
   lines = []
   for th in threads:
@@ -114,14 +124,18 @@ def _cpu_ticks(pid: int) -> int:
   return int(fields[11]) + int(fields[12])
 
 
-def one_try(variant: str, steps: int, deadline: float, gdb: str | None
-            ) -> tuple[str, float]:
+def one_try(
+  variant: str, steps: int, deadline: float, gdb: str | None
+) -> tuple[str, float]:
   """Runs one child: "finished", "HUNG" (idle past the deadline: no CPU time
   used in 10 s) or "slow" (still computing at 3x the deadline)."""
   start = time.monotonic()
   child = subprocess.Popen(
-      [sys.executable, "-c", CHILD, variant, str(steps), repr(SHAPES)],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [sys.executable, "-c", CHILD, variant, str(steps), repr(SHAPES)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   verdict = "slow"
   while True:
     try:
@@ -141,8 +155,12 @@ def one_try(variant: str, steps: int, deadline: float, gdb: str | None
         break
   if verdict == "HUNG" and gdb:
     bt = subprocess.run(
-        ["gdb", "-p", str(child.pid), "-batch", "-ex", "thread apply all bt"],
-        capture_output=True, text=True, timeout=300, check=False).stdout
+      ["gdb", "-p", str(child.pid), "-batch", "-ex", "thread apply all bt"],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+    ).stdout
     with open(gdb, "w") as fh:
       fh.write(bt)
     print(f"  gdb stacks of hung pid {child.pid} -> {gdb}")
@@ -155,22 +173,28 @@ def one_try(variant: str, steps: int, deadline: float, gdb: str | None
 
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--variant", choices=("batched", "vmap", "unbatched"),
-                  default="batched")
+  ap.add_argument(
+    "--variant", choices=("batched", "vmap", "unbatched"), default="batched"
+  )
   ap.add_argument("--tries", type=int, default=5)
-  ap.add_argument("--steps", type=int, default=40,
-                  help="calls of the compiled program per try")
-  ap.add_argument("--deadline", type=float, default=60.0,
-                  help="seconds before a try counts as hung")
-  ap.add_argument("--gdb", metavar="FILE",
-                  help="on the first hang, write gdb's backtraces here")
+  ap.add_argument(
+    "--steps", type=int, default=40, help="calls of the compiled program per try"
+  )
+  ap.add_argument(
+    "--deadline", type=float, default=60.0, help="seconds before a try counts as hung"
+  )
+  ap.add_argument(
+    "--gdb", metavar="FILE", help="on the first hang, write gdb's backtraces here"
+  )
   args = ap.parse_args(argv)
   if args.tries < 1 or args.steps < 1 or args.deadline <= 0:
     ap.error("--tries and --steps must be >= 1, --deadline > 0")
   for k, v in settings().items():
     print(f"{k}: {v}")
-  print(f"variant: {args.variant}, shapes {SHAPES}, {args.steps} calls/try,"
-        f" deadline {args.deadline:g} s")
+  print(
+    f"variant: {args.variant}, shapes {SHAPES}, {args.steps} calls/try,"
+    f" deadline {args.deadline:g} s"
+  )
   counts = {"finished": 0, "HUNG": 0, "slow": 0}
   gdb = args.gdb
   for i in range(args.tries):
@@ -179,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     if verdict == "HUNG":
       gdb = None  # one stack dump is enough
     print(f"try {i + 1}: {verdict} after {secs:.1f} s", flush=True)
-  print(f"hung {counts['HUNG']}/{args.tries}, slow (killed while computing)"
-        f" {counts['slow']}, load average {os.getloadavg()[0]:.1f}")
+  print(
+    f"hung {counts['HUNG']}/{args.tries}, slow (killed while computing)"
+    f" {counts['slow']}, load average {os.getloadavg()[0]:.1f}"
+  )
   return 1 if counts["HUNG"] else 0
 
 
