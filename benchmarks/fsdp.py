@@ -54,7 +54,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   )
 
 from collections.abc import Sequence  # noqa: E402
-import functools  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
@@ -155,52 +154,16 @@ def collective_bytes(hlo: str, devices: int) -> dict[str, float]:
   2·(k−1)/k of its operand (ring), a collective-permute its result. Async
   pairs count at their ``-start`` (an async all-gather's result is a tuple
   of operand and result: the result counts). A collective inside a ``while``
-  loop counts its known trip count times (as
-  :func:`benchmarks.layer_parallel.svd_counts` counts SVDs); of a
-  ``conditional``'s branches the one moving the most counts.
+  loop counts its known trip count times, and of a ``conditional``'s
+  branches the one moving the most counts
+  (:func:`benchmarks.layer_parallel.hlo_totals`).
   """
-  bodies: dict[str, list[str]] = {}
-  current: list[str] | None = None
-  entry = ""
-  for line in hlo.splitlines():
-    header = layer_parallel._COMPUTATION.match(line)
-    if header and line.rstrip().endswith("{"):
-      current = bodies.setdefault(header.group(1), [])
-      if line.startswith("ENTRY"):
-        entry = header.group(1)
-    elif line.startswith("}"):
-      current = None
-    elif current is not None:
-      current.append(line)
 
-  def add(into: dict[str, float], other: dict[str, float], times: float) -> None:
-    for kind, n in other.items():
-      into[kind] = into.get(kind, 0.0) + n * times
+  def moved(line: str) -> dict[str, float] | None:
+    found = _collective(line, devices)
+    return None if found is None else {found[0]: found[1]}
 
-  @functools.cache
-  def count(name: str) -> tuple[tuple[str, float], ...]:
-    total: dict[str, float] = {}
-    for line in bodies.get(name, ()):
-      if moved := _collective(line, devices):
-        add(total, {moved[0]: moved[1]}, 1)
-      elif loop := layer_parallel._WHILE.search(line):
-        trips = layer_parallel._TRIP_COUNT.search(line)
-        if trips is None:
-          raise ValueError(f"a loop without a known trip count: {line[:200]}")
-        add(total, dict(count(loop.group(1))), int(trips.group(1)))
-      elif branches := layer_parallel._BRANCHES.search(line):
-        counts = [
-          dict(count(b.strip().lstrip("%"))) for b in branches.group(1).split(",")
-        ]
-        add(total, max(counts, key=lambda c: sum(c.values())), 1)
-      else:
-        for called in layer_parallel._CALLED.findall(line):
-          add(total, dict(count(called)), 1)
-    return tuple(sorted(total.items()))
-
-  if not entry:  # A bare instruction list (as in the example).
-    bodies[entry] = hlo.splitlines()
-  return dict(count(entry))
+  return layer_parallel.hlo_totals(hlo, moved, bare=True)
 
 
 def _uniform_balance(

@@ -95,16 +95,20 @@ _CALLED = re.compile(
 )
 
 
-def svd_counts(hlo: str) -> dict[str, int]:
-  """Matrices a compiled program decomposes with LAPACK SVDs, by matrix shape.
+def hlo_totals(
+  hlo: str,
+  per_line: Callable[[str], dict[str, float] | None],
+  *,
+  bare: bool = False,
+) -> dict[str, float]:
+  """Totals of ``per_line`` over what one run of compiled ``hlo`` executes.
 
-  ``hlo`` is ``compiled.as_text()`` (per device after SPMD partitioning).
-  Every SVD custom call counts the matrices of its operand (the product of
-  its leading dimensions: 1 for one matrix, B for a batched call), times the
-  trip count of every ``while`` loop around it (``lax.map`` over a stack);
-  of a ``conditional``'s branches the one decomposing the most counts (EGD
-  enabled). Keys are ``"m×n"`` of the matrices the SVDs see (after the QR
-  that reduces a wide matrix to a square one).
+  ``per_line`` maps an instruction to ``{key: amount}`` (None: nothing). The
+  entry computation's instructions count once, the computations they call
+  (fusions, calls) once per call, a ``while`` loop's body its known trip
+  count times (``lax.map`` over a stack), and of a ``conditional``'s
+  branches the one with the largest total (EGD enabled). ``bare``: a bare
+  instruction list without computations is the entry.
   """
   bodies: dict[str, list[str]] = {}
   current: list[str] | None = None
@@ -120,35 +124,57 @@ def svd_counts(hlo: str) -> dict[str, int]:
     elif current is not None:
       current.append(line)
 
-  def merge(into: dict[str, int], other: dict[str, int], times: int) -> None:
-    for shape, n in other.items():
-      into[shape] = into.get(shape, 0) + n * times
+  def add(into: dict[str, float], other: dict[str, float], times: float) -> None:
+    for key, n in other.items():
+      into[key] = into.get(key, 0) + n * times
 
   @functools.cache
-  def count(name: str) -> tuple[tuple[str, int], ...]:
-    total: dict[str, int] = {}
+  def count(name: str) -> tuple[tuple[str, float], ...]:
+    total: dict[str, float] = {}
     for line in bodies.get(name, ()):
-      if call := _SVD_CALL.search(line):
-        dims = [int(d) for d in call.group(1).split(",") if d]
-        merge(total, {"×".join(map(str, dims[-2:])): math.prod(dims[:-2])}, 1)
+      if found := per_line(line):
+        add(total, found, 1)
       elif loop := _WHILE.search(line):
         trips = _TRIP_COUNT.search(line)
         if trips is None:
           raise ValueError(f"a loop without a known trip count: {line[:200]}")
-        merge(total, dict(count(loop.group(1))), int(trips.group(1)))
+        add(total, dict(count(loop.group(1))), int(trips.group(1)))
       elif branches := _BRANCHES.search(line):
         counts = [
           dict(count(b.strip().lstrip("%"))) for b in branches.group(1).split(",")
         ]
-        merge(total, max(counts, key=lambda c: sum(c.values())), 1)
+        add(total, max(counts, key=lambda c: sum(c.values())), 1)
       else:
         for called in _CALLED.findall(line):
-          merge(total, dict(count(called)), 1)
+          add(total, dict(count(called)), 1)
     return tuple(sorted(total.items()))
 
   if not entry:
-    raise ValueError("no ENTRY computation in the HLO text")
+    if not bare:
+      raise ValueError("no ENTRY computation in the HLO text")
+    bodies[entry] = hlo.splitlines()
   return dict(count(entry))
+
+
+def _svd_matrices(line: str) -> dict[str, float] | None:
+  """``{"m×n": matrices}`` of an SVD custom call, or None."""
+  if call := _SVD_CALL.search(line):
+    dims = [int(d) for d in call.group(1).split(",") if d]
+    return {"×".join(map(str, dims[-2:])): math.prod(dims[:-2])}
+  return None
+
+
+def svd_counts(hlo: str) -> dict[str, int]:
+  """Matrices a compiled program decomposes with LAPACK SVDs, by matrix shape.
+
+  ``hlo`` is ``compiled.as_text()`` (per device after SPMD partitioning).
+  Every SVD custom call counts the matrices of its operand (the product of
+  its leading dimensions: 1 for one matrix, B for a batched call), through
+  loops and branches as :func:`hlo_totals` counts. Keys are ``"m×n"`` of
+  the matrices the SVDs see (after the QR that reduces a wide matrix to a
+  square one).
+  """
+  return {k: int(n) for k, n in hlo_totals(hlo, _svd_matrices).items()}
 
 
 def mesh_of(d: int) -> jax.sharding.Mesh:
