@@ -57,6 +57,7 @@ import optax_egd
 
 # The module (``optax_egd.polar`` the attribute is the function).
 polar_module = importlib.import_module("optax_egd.polar")
+schedules_module = importlib.import_module("optax_egd.polar_schedules")
 
 Shape = tuple[int, ...]
 
@@ -312,8 +313,8 @@ def _count_qdwh(cost: Cost, batch: int, m: int, n: int, rtol: float) -> None:
   # max_iterations = the library's schedule: QR-based steps while the
   # weight c > 100, Cholesky-based after; then its Newton-Schulz refinement
   # and the library's filter.
-  steps = importlib.import_module("optax_egd.polar_schedules").qdwh_steps(rtol)
-  weights = polar_module._qdwh_weights(rtol)  # pylint: disable=protected-access
+  steps = schedules_module.qdwh_steps(rtol)
+  weights = schedules_module.qdwh_weights(rtol)
   qr_steps = sum(c > 100 for _, _, c in weights)
   cost.ew(batch * m * n, 1, 1, 3)  # norm estimate and scaling
   for i in range(steps):

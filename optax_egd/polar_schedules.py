@@ -44,7 +44,7 @@ def ns_coeffs(method: str, steps: int) -> tuple[tuple[float, float, float], ...]
   return schedule[:steps] + (schedule[-1],) * max(0, steps - len(schedule))
 
 
-def _qdwh_weights(lower: float) -> list[tuple[float, float, float]]:
+def qdwh_weights(lower: float) -> list[tuple[float, float, float]]:
   """The dynamically weighted (a, b, c) QDWH schedules for ``lower``.
 
   The same recurrence as ``jax.lax.linalg.qdwh``: after these steps every
@@ -66,7 +66,7 @@ def _qdwh_weights(lower: float) -> list[tuple[float, float, float]]:
 
 def qdwh_steps(lower: float) -> int:
   """Dynamically weighted steps QDWH schedules for the lower bound ``lower``."""
-  return max(len(_qdwh_weights(lower)), 1)
+  return max(len(qdwh_weights(lower)), 1)
 
 
 def _odd_quintic_minimax(lower: float, upper: float
