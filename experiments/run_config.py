@@ -555,7 +555,8 @@ def options(**values: Any) -> RunConfig:
 def argv(values: Mapping[str, Any] | RunConfig) -> list[str]:
   """The command-line options that ``options(**values)`` stands for (a true
   flag bare, a list repeated, floats as ``repr`` writes them); of a
-  :class:`RunConfig`, the options that differ from their defaults.
+  :class:`RunConfig`, the options that differ from their defaults (of a
+  resolved one, those its optimizers read: the command resolves to it again).
 
   >>> argv({"task": "mod_add", "p": 97, "label_noise": 0.05, "no_stop": True})
   ['--task', 'mod_add', '--p', '97', '--label-noise', '0.05', '--no-stop']
@@ -563,10 +564,18 @@ def argv(values: Mapping[str, Any] | RunConfig) -> list[str]:
   ['--task', 'parity', '--k', '3']
   """
   if isinstance(values, RunConfig):
+    config = values
+    # A resolved config: the optimizer options its optimizers read.
+    unread = (
+      set()
+      if config.optimizers is None
+      else set(KNOB_OPTIONS)
+      - {knob for name in config.optimizers for knob in registry.KNOBS[name]}
+    )
     values = {
-      f.name: getattr(values, f.name)
+      f.name: getattr(config, f.name)
       for f in option_fields()
-      if getattr(values, f.name) != f.default
+      if getattr(config, f.name) != f.default and f.name not in unread
     }
   out: list[str] = []
   for name, value in values.items():

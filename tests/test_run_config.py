@@ -5,6 +5,7 @@ fields, variants by ``dataclasses.replace``, argv round trips."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 
 import pytest
@@ -114,7 +115,10 @@ def test_a_config_round_trips_through_argv():
   ]
   for config in configs:
     assert grok.parse_args(grok.argv(config)) == config
-    assert grok.resolve(grok.parse_args(grok.argv(config))) == grok.resolve(config)
+    resolved = grok.resolve(config)
+    assert grok.resolve(grok.parse_args(grok.argv(config))) == resolved
+    # A resolved config writes every value it resolved to, and comes back.
+    assert grok.resolve(grok.parse_args(grok.argv(resolved))) == resolved
 
 
 def test_leaderboard_commands_round_trip():
@@ -131,3 +135,31 @@ def test_leaderboard_commands_round_trip():
         assert grok.resolve(grok.parse_args(command)) == dataclasses.replace(
           run, checkpoint_every=500, no_progress=False
         )
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_runs_a_replaced_config(tmp_path):
+  """The Flax examples' entry point: a config built in code (no command
+  line) trains into ``workdir``; results.json records it, and its command
+  is the config's own options (:func:`grok.argv`), which parse back to it."""
+  base = grok.options(p=11, hidden=16, batch_size=16, no_progress=True)
+  config = grok.resolve(
+    dataclasses.replace(base, max_epochs=3, checkpoint_every=0, optimizer="sgd,egd")
+  )
+  results = grok.train_and_evaluate(config, tmp_path)
+  written = json.loads((tmp_path / "results.json").read_text())
+  assert list(written) == ["config", "hyperparameters", "provenance", "summary", "runs"]
+  assert written["config"] == grok.results_config(
+    dataclasses.replace(config, out=tmp_path)
+  ) | {"out": str(tmp_path)}
+  assert written["hyperparameters"] == {
+    n: grok.knobs(config, n) for n in ["sgd", "egd"]
+  }
+  command = written["provenance"]["argv"]
+  ran = dataclasses.replace(config, out=tmp_path)  # workdir is its --out
+  assert command == grok.argv(ran)
+  assert grok.resolve(grok.parse_args(command)) == ran
+  assert [(r["optimizer"], r["epochs"]) for r in results["runs"]] == [
+    ("sgd", 3), ("egd", 3)
+  ]  # fmt: skip
+  assert (tmp_path / "curves.png").exists()
