@@ -152,7 +152,7 @@ def _knob_type(name: str) -> Any:
                 high_open=bounds.high_open)  # fmt: skip
 
 
-def _knob(kind: type) -> Any:
+def _knob() -> Any:
   return _field(group="optimization", type=_knob_type, knob=True, help=_knob_help)
 
 
@@ -347,21 +347,21 @@ class RunConfig:
     "its optimizers join the --optimizer choices (repeatable)",
   )
   # The fields of registry.OptimizerConfig but seed (a test checks them).
-  lr: float | None = _knob(float)
-  momentum: float | None = _knob(float)
-  adam_lr: float | None = _knob(float)
-  b1: float | None = _knob(float)
-  b2: float | None = _knob(float)
-  adam_weight_decay: float | None = _knob(float)
-  weight_decay: float | None = _knob(float)
-  muon_lr: float | None = _knob(float)
-  rank: int | None = _knob(int)
-  ns_steps: int | None = _knob(int)
-  ema_alpha: float | None = _knob(float)
-  ema_lamb: float | None = _knob(float)
-  ma_window: int | None = _knob(int)
-  ma_lamb: float | None = _knob(float)
-  warmup_steps: int | None = _knob(int)
+  lr: float | None = _knob()
+  momentum: float | None = _knob()
+  adam_lr: float | None = _knob()
+  b1: float | None = _knob()
+  b2: float | None = _knob()
+  adam_weight_decay: float | None = _knob()
+  weight_decay: float | None = _knob()
+  muon_lr: float | None = _knob()
+  rank: int | None = _knob()
+  ns_steps: int | None = _knob()
+  ema_alpha: float | None = _knob()
+  ema_lamb: float | None = _knob()
+  ma_window: int | None = _knob()
+  ma_lamb: float | None = _knob()
+  warmup_steps: int | None = _knob()
   polar_method: str | None = _field(
     group="optimization",
     choices=registry.POLAR_METHODS,
@@ -526,7 +526,8 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
     if field.default is not None:
       kwargs["default"] = field.default
     text = option.help(field.name) if callable(option.help) else option.help
-    text = text.format(default=option.applies_default or field.default)
+    shown = field.default if option.applies_default is None else option.applies_default
+    text = text.replace("{default}", str(shown))
     if option.knob and kind is not None:
       text = f"{kind.range}; {text}"  # type: ignore[attr-defined]
     group.add_argument(flag_of(field.name), *option.aliases, help=text, **kwargs)
