@@ -101,13 +101,14 @@ class Option:
 
   Attributes:
     group: the ``--help`` section: task, model, optimization or run.
-    help: the help text; ``{default}`` stands for :attr:`applies_default`.
-      A callable (of the field's name) is called when the parser is built:
-      the optimizer options' help lists the registry's defaults, plugins'
-      included.
+    help: the help text; ``{default}`` stands for :attr:`applies_default`
+      (else the field's default). A callable (of the field's name) is called
+      when the parser is built: the optimizer options' help lists the
+      registry's defaults, plugins' included.
     type: the argparse type, which checks the range (None: a string, a
-      choice or a flag); a callable of the field's name is called when the
-      parser is built.
+      choice or a flag); of an optimizer option, a function of the field's
+      name returning it (the registry's range), called when the parser is
+      built.
     choices: the accepted values, if a fixed set.
     flag: a bare switch (``store_true``), or ``append`` (repeatable).
     aliases: other spellings of the option (``--optimizers``).
@@ -508,9 +509,9 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
   groups: dict[str, Any] = {}
   for field in option_fields():
     option = _meta(field)
-    group = groups.get(option.group) or groups.setdefault(
-      option.group, parser.add_argument_group(option.group)
-    )
+    if option.group not in groups:  # in the order of their first fields
+      groups[option.group] = parser.add_argument_group(option.group)
+    group = groups[option.group]
     kwargs: dict[str, Any] = {"dest": field.name}
     if option.flag is not None:
       kwargs["action"] = option.flag
