@@ -269,10 +269,8 @@ def paper_mlp_setup(seed: int = 0, p: int = 97, op: tasks.Operation = "add") -> 
   shuffle key of ``seed``: :func:`experiments.grok.setup` of ``python -m
   experiments.grok --task mod_<op> --p <p>``, so a seed here is the same run
   as there."""
-  args = grok.resolve(
-    grok.parse_args(["--task", f"mod_{op}", "--p", str(p), "--optimizer", "sgd"])
-  )
-  return grok.setup(args, seed)
+  config = grok.resolve(grok.options(task=f"mod_{op}", p=p, optimizer="sgd"))
+  return grok.setup(config, seed)
 
 
 def paper_mlp_task(

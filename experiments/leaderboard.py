@@ -287,7 +287,7 @@ def _centre(task: str, spec: registry.OptimizerSpec) -> float:
     return centre
   # The task's own SGD learning rate (on parity, the EGD paper's per k).
   own = grok.resolve(grok.options(**TASKS[task].options, optimizer="sgd"))
-  return own.lr
+  return grok.given(own.lr)
 
 
 def grid(task: str, name: str, trials: int = TRIALS) -> list[dict[str, float]]:
@@ -526,19 +526,23 @@ def run_argv(task: str, name: str, config: dict[str, float], quick: bool) -> lis
   return grok.argv(run_options(task, name, config, quick))
 
 
-def resolved(task: str, name: str, config: dict[str, float], quick: bool) -> Any:
+def resolved(
+  task: str, name: str, config: dict[str, float], quick: bool
+) -> grok.RunConfig:
   """The resolved :mod:`experiments.grok` options of a run, with its cap set
   (``max_epochs`` covering the task's cap steps)."""
   from experiments.train import steps_per_epoch
 
   options = run_options(task, name, config, quick)
-  args = grok.resolve(grok.options(**options, max_epochs=1))
-  per_epoch = steps_per_epoch(grok.train_size(args), grok.train_config(args))
+  run = grok.resolve(grok.options(**options, max_epochs=1))
+  per_epoch = steps_per_epoch(grok.train_size(run), grok.train_config(run))
   cap = QUICK_CAP_STEPS if quick else TASKS[task].cap_steps
-  args.max_epochs = cap_epochs(cap, per_epoch)
-  args.checkpoint_every = 0
-  args.no_progress = True
-  return args
+  return dataclasses.replace(
+    run,
+    max_epochs=cap_epochs(cap, per_epoch),
+    checkpoint_every=0,
+    no_progress=True,
+  )
 
 
 def row_key(row: dict[str, Any]) -> str:
@@ -618,7 +622,7 @@ def train_row(
   import jax
 
   args = resolved(task, name, config, quick)
-  result = grok.run_one(args, args.optimizers[0], seed)
+  result = grok.run_one(args, grok.given(args.optimizers)[0], seed)
   h = result.history
   argv = run_argv(task, name, config, quick)
   command = shlex.join(
@@ -645,13 +649,13 @@ def train_row(
     "best_test_acc": max(h.test_acc),
     "final_test_acc": h.test_acc[-1],
     "final_train_acc": h.train_acc[-1],
-    "grok_optimizer": args.optimizers[0],
+    "grok_optimizer": grok.given(args.optimizers)[0],
     "loss": args.loss,
     "command": command,
     "machine": machine(),
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "jax": jax.__version__,
-    **_plugin_field(args.optimizers[0]),
+    **_plugin_field(grok.given(args.optimizers)[0]),
   }
 
 

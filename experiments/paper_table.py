@@ -136,15 +136,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return args
 
 
-def task_args(task: str, max_epochs: int) -> argparse.Namespace:
-  """The resolved :mod:`experiments.grok` options of one task."""
-  argv = [*TASKS[task], "--max-epochs", str(max_epochs), "--checkpoint-every", "0"]
-  return grok.resolve(grok.parse_args(argv))
+def task_args(task: str, max_epochs: int) -> grok.RunConfig:
+  """The resolved :mod:`experiments.grok` config of one task."""
+  config = grok.parse_args(list(TASKS[task]))
+  return grok.resolve(
+    dataclasses.replace(config, max_epochs=max_epochs, checkpoint_every=0)
+  )
 
 
-def run_record(
-  task: str, name: str, seed: int, args: argparse.Namespace
-) -> dict[str, Any]:
+def run_record(task: str, name: str, seed: int, args: grok.RunConfig) -> dict[str, Any]:
   """Train ``name`` on ``task`` with ``seed``; the run as a JSON-ready dict."""
   result = grok.run_one(args, name, seed)
   h = result.history
@@ -289,8 +289,9 @@ def main(argv: list[str] | None = None) -> None:
   )
   records: list[dict[str, Any]] = []
   for task in args.task_ids:
-    options = task_args(task, args.max_epochs)
-    options.no_progress = not args.progress
+    options = dataclasses.replace(
+      task_args(task, args.max_epochs), no_progress=not args.progress
+    )
     for seed in range(args.seeds):
       for name in args.optimizer_names:
         record = run_record(task, name, seed, options)

@@ -231,7 +231,7 @@ def describe(name: str) -> str:
 @functools.cache
 def _preset() -> Any:
   """The resolved options of ``python -m experiments.grok --preset grokfast``."""
-  return grok.resolve(grok.parse_args(["--preset", "grokfast"]))
+  return grok.resolve(grok.options(preset="grokfast"))
 
 
 def seed_setup(seed: int) -> tuple[tasks.Dataset, models.GrokfastDecoder, jax.Array]:
