@@ -1,4 +1,4 @@
-"""Benchmarks for optax-egd: ``python -m benchmarks.polar|step|grok``.
+"""Benchmarks for optax-egd: ``python -m benchmarks.polar|step|...``.
 
 Importing the package pins the BLAS/OpenMP thread pools to one thread unless
 the user set them (:mod:`experiments._threads`), before anything loads JAX.
