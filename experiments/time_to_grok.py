@@ -30,7 +30,7 @@ from typing import Any
 
 import optax
 
-from experiments import _report, models, optimizers, registry, tasks, train
+from experiments import _cli, _report, models, optimizers, registry, tasks, train
 import optax_egd
 
 NAME = "time_to_grok"
@@ -239,7 +239,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument(
     "--task", choices=tasks.OPERATIONS, default="add", help="a ∘ b mod p (default add)"
   )
-  parser.add_argument("--p", type=int, default=97)
+  parser.add_argument(
+    "--p", type=_cli.prime(), default=97, help="a prime modulus (default 97)"
+  )
   parser.add_argument(
     "--optimizers",
     nargs="+",
@@ -250,14 +252,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     "experiments.registry (python -m experiments.grok "
     "--optimizer's choices); default: the former",
   )
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-  parser.add_argument("--batch-size", type=int, default=512)
-  parser.add_argument("--max-epochs", type=int, default=10000)
+  parser.add_argument("--seeds", type=_cli.integer(0), nargs="+", default=[0])
+  parser.add_argument("--batch-size", type=_cli.integer(1), default=512)
+  parser.add_argument("--max-epochs", type=_cli.integer(1), default=10000)
   parser.add_argument(
     "--quick", action="store_true", help="cap at 200 epochs (plain SGD needs ~5000)"
   )
   parser.add_argument(
-    "--log-every", type=int, default=500, help="progress line every N epochs (stderr)"
+    "--log-every",
+    type=_cli.integer(1),
+    default=500,
+    help="progress line every N epochs (stderr)",
   )
   args = parser.parse_args(argv)
   max_epochs = min(args.max_epochs, 200) if args.quick else args.max_epochs

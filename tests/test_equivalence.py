@@ -121,3 +121,16 @@ def test_against_must_be_another_method(method):
                         capture_output=True, text=True, timeout=120)
   assert done.returncode == 2
   assert "--against" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_default_out_leaves_the_references_alone(tmp_path, monkeypatch):
+  """Without ``--out`` a sweep writes a timestamped folder under runs/."""
+  references = ROOT / "experiments" / "results"
+  before = {p: p.read_bytes() for p in references.rglob("equivalence*") if p.is_file()}
+  monkeypatch.chdir(tmp_path)
+  assert equivalence.main(["--tasks", "add-97", "--summarize"]) == 0
+  after = {p: p.read_bytes() for p in references.rglob("equivalence*") if p.is_file()}
+  assert after == before
+  (run,) = (tmp_path / "runs").iterdir()
+  assert run.name.startswith("equivalence-")
+  assert sorted(p.name for p in run.iterdir()) == ["equivalence.json", "equivalence.md"]

@@ -89,3 +89,18 @@ def test_a_benchmark_seed_is_the_experiments_run_of_that_seed(
   data, _, _ = _report.paper_mlp_setup(3, 11)
   expected, _, _ = experiments_grok.setup(args, 3)
   np.testing.assert_array_equal(data.x_train, expected.x_train)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--p", "12"], "argument --p: must be a prime"),
+    (["--seeds", "-1"], "argument --seeds: must be an integer >= 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+    (["--max-epochs", "0"], "argument --max-epochs: must be an integer >= 1"),
+    (["--log-every", "0"], "argument --log-every: must be an integer >= 1"),
+])
+def test_bad_values_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+  with pytest.raises(SystemExit) as exit_info:
+    time_to_grok.main(argv)
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err.splitlines()[-1]
