@@ -60,8 +60,10 @@ docs: $(VENV)/.dev
 	$(BIN)/sphinx-build -W --keep-going -E -q -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
 
-# `make bench` writes into a new folder runs/bench/<date>-<time> (or BENCH_OUT);
-# `make bench-refresh` rewrites the committed references in benchmarks/results.
+# `make bench` (speed and accuracy) writes into a new folder runs/bench/<date>-<time>
+# (or BENCH_OUT); `make bench-refresh` rewrites the committed references in
+# benchmarks/results. Time to grok is an experiment: `python -m experiments.time_to_grok`
+# (reference: --out experiments/results; see experiments/README.md).
 BENCH_STAMP := $(shell date +%Y%m%d-%H%M%S)
 BENCH_OUT ?= runs/bench/$(BENCH_STAMP)
 .PHONY: bench-refresh
@@ -71,7 +73,6 @@ bench: $(VENV)/.experiments
 	$(BIN)/python -m benchmarks.step --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.layer_parallel --quick --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.fsdp --out $(BENCH_OUT)
-	$(BIN)/python -m benchmarks.grok --out $(BENCH_OUT)
 	$(BIN)/python -m benchmarks.cost_model --out $(BENCH_OUT)
 
 bench-refresh:

@@ -1,4 +1,6 @@
-"""Benchmarks for optax-egd: ``python -m benchmarks.polar|step|grok``.
+"""Benchmarks for optax-egd: ``python -m benchmarks.NAME`` (``polar``, ``step``,
+``layer_parallel``, ``fsdp``, ``cost_model``, ``accelerator``): speed and
+accuracy.
 
 Importing the package pins the BLAS/OpenMP thread pools to one thread unless
 the user set them (:mod:`experiments._threads`), before anything loads JAX.

@@ -4,7 +4,8 @@ From the committed results (no training, a few seconds)::
 
     python docs/make_figures.py
 
-reads ``benchmarks/results/{polar,step,grok,layer_parallel}.json`` and
+reads ``benchmarks/results/{polar,step,layer_parallel}.json``,
+``experiments/results/time_to_grok.json`` and
 ``experiments/results/paper_table_*.json``. With ``--runs`` it also trains the
 runs behind the learning-curve and spectrum figures (a few minutes of CPU)::
 
@@ -126,7 +127,7 @@ def step_figure() -> None:
 
 def grok_figure() -> None:
   """Epochs to 95% test accuracy on (a + b) mod 97 per optimizer."""
-  data = _load(BENCH / "grok.json")
+  data = _load(EXPERIMENTS / "time_to_grok.json")
   rows = data["summary"]
   cap = data["config"]["max_epochs"]
   names = [r["optimizer"] for r in rows]
@@ -142,7 +143,7 @@ def grok_figure() -> None:
   ax.set_xlim(1, cap * 20)
   ax.invert_yaxis()
   ax.set_xlabel("epochs to 95% test accuracy (log scale), seed 0")
-  ax.set_title("python -m benchmarks.grok, (a + b) mod 97\n"
+  ax.set_title("python -m experiments.time_to_grok, (a + b) mod 97\n"
                + _machine_note(data["machine"]), fontsize=10)
   fig.tight_layout()
   fig.savefig(FIGURES / "grok_benchmark.png", dpi=110)

@@ -1,5 +1,6 @@
 """Grokking experiments for optax-egd: tasks, models, optimizers, training loop
-and the ``demo`` / ``grok`` / ``paper_table`` command-line entry points
+and the ``demo`` / ``grok`` / ``paper_table`` / ``leaderboard`` /
+``time_to_grok`` / ``equivalence`` command-line entry points
 (see ``experiments/README.md``).
 
 Importing the package first pins the BLAS thread pools (see

@@ -43,12 +43,14 @@ import jax
 
 from experiments import _cli, _machine, _threads, grok, optimizers, registry
 
-# Task id → the ``experiments.grok`` options that select it.
-TASKS: dict[str, tuple[str, ...]] = {
-  **{f"add-{p}": ("--task", "mod_add", "--p", str(p)) for p in (79, 97, 127)},
-  **{f"mul-{p}": ("--task", "mod_mul", "--p", str(p)) for p in (79, 97, 127)},
+# Task id → the unresolved ``experiments.grok`` config that selects it (the
+# task's other hyperparameters come from :func:`experiments.grok.resolve`;
+# parity's n from its k).
+TASKS: dict[str, grok.RunConfig] = {
+  **{f"add-{p}": grok.options(task="mod_add", p=p) for p in (79, 97, 127)},
+  **{f"mul-{p}": grok.options(task="mod_mul", p=p) for p in (79, 97, 127)},
   **{
-    f"parity-{n}-{k}": ("--task", "parity", "--k", str(k))
+    f"parity-{n}-{k}": grok.options(task="parity", k=k)
     for n, k in (
       (400, 2),
       (100, 3),
@@ -137,10 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def task_args(task: str, max_epochs: int) -> grok.RunConfig:
-  """The resolved :mod:`experiments.grok` config of one task."""
-  config = grok.parse_args(list(TASKS[task]))
+  """The resolved :mod:`experiments.grok` config of one task (its command line:
+  ``grok.argv(task_args(task, max_epochs))``)."""
   return grok.resolve(
-    dataclasses.replace(config, max_epochs=max_epochs, checkpoint_every=0)
+    dataclasses.replace(TASKS[task], max_epochs=max_epochs, checkpoint_every=0)
   )
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import _common, grok, polar, step
+from benchmarks import _common, polar, step
 import optax_egd
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -83,22 +83,6 @@ def test_step_tiny(tmp_path: pathlib.Path) -> None:
   assert all(r["ms"] > 0 for r in profile)
 
 
-def test_grok_tiny(tmp_path: pathlib.Path) -> None:
-  out = tmp_path / "grok.json"
-  grok.main(["--p", "11", "--batch-size", "16", "--optimizers", "sgd",
-             "official", "egd-first-layer", "--max-epochs", "2",
-             "--out", str(tmp_path)])
-  payload = _load(out)
-  # egd-first-layer: not one of grok.OPTIMIZERS, the registry's.
-  assert [r["optimizer"] for r in payload["results"]] == ["sgd", "official",
-                                                          "egd-first-layer"]
-  for r in payload["results"]:
-    assert 1 <= r["epochs_run"] <= 2
-    assert r["epochs"] is None or r["epochs"] <= 2
-  assert len(payload["summary"]) == 3
-  assert out.with_suffix(".md").read_text().count("|") > 10
-
-
 def test_markdown_table_formats_missing_cells() -> None:
   table = _common.markdown_table(
       [{"a": "x", "b": 1.5}, {"a": "y", "b": None}, {"a": "z", "b": math.inf}],
@@ -134,7 +118,7 @@ def test_default_out_leaves_the_references_alone(
                                                     "polar_quick.txt"]
 
 
-@pytest.mark.parametrize("module", [polar, step, grok])
+@pytest.mark.parametrize("module", [polar, step])
 def test_help_names_the_module(module, capsys: pytest.CaptureFixture) -> None:
   with pytest.raises(SystemExit) as exit_info:
     module.main(["--help"])
@@ -205,26 +189,3 @@ def test_layer_parallel_refuses_sizes_below_one(argv: list[str], message: str) -
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
   assert message in done.stderr.splitlines()[-1]
-
-
-@pytest.mark.slow
-def test_a_benchmark_seed_is_the_experiments_run_of_that_seed(
-    tmp_path: pathlib.Path) -> None:
-  """benchmarks.grok and python -m experiments.grok turn a seed into the same
-  split, initialization and shuffles: the same run, epoch for epoch."""
-  from experiments import grok as experiments_grok
-  from experiments import train
-
-  args = experiments_grok.resolve(experiments_grok.parse_args(
-      ["--task", "mod_add", "--p", "11", "--optimizer", "sgd", "--max-epochs", "3",
-       "--no-stop", "--no-progress", "--out", str(tmp_path)]))
-  config = experiments_grok.train_config(args)
-  assert config == train.TrainConfig(batch_size=args.batch_size, l2=1e-4,
-                                     max_epochs=3, stop_at_target=False)
-  mine = grok.run_one("sgd", "add", 11, 3, config, log_every=100)
-  theirs = experiments_grok.run_one(args, "sgd", 3).history
-  assert mine.epochs_run == theirs.epochs == 3
-  assert mine.best_test_acc == max(theirs.test_acc)
-  data, _, _ = _common.paper_mlp_setup(3, 11)
-  expected, _, _ = experiments_grok.setup(args, 3)
-  np.testing.assert_array_equal(data.x_train, expected.x_train)

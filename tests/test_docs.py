@@ -216,3 +216,21 @@ def test_install_docs_say_the_experiments_need_a_clone(page: str) -> None:
   assert "the wheel holds the `optax_egd` library alone" in paragraph, paragraph
   assert "`python -m experiments.…`" in paragraph, paragraph
   assert "need a clone of the repository" in paragraph, paragraph
+
+
+def test_no_file_names_the_grokking_runs_former_benchmark_commands() -> None:
+  """Time to grok and the equivalence sweep run as ``python -m experiments.
+  time_to_grok`` / ``experiments.equivalence``; no page, script or Makefile
+  may still give their former ``benchmarks`` commands or result files."""
+  old = re.compile(r"benchmarks(\.|/results/)(grok|equivalence)\b")
+  files = [ROOT / "Makefile", *ROOT.glob("*.md")] + [
+      p for folder in ("docs", "experiments", "benchmarks", "tools", "tests",
+                       "ci", "examples", "notebooks")
+      for p in (ROOT / folder).rglob("*")
+      if p.suffix in (".md", ".py", ".ipynb", ".txt")
+      and "_build" not in p.parts and p.name != "test_docs.py"]
+  found = [f"{p.relative_to(ROOT)}:{n}"
+           for p in files for n, line in enumerate(
+               p.read_text(encoding="utf-8").splitlines(), 1)
+           if old.search(line)]
+  assert not found, found

@@ -1,4 +1,4 @@
-"""benchmarks.equivalence (svd against polar_express_exact, epochs to target)
+"""experiments.equivalence (svd against polar_express_exact, epochs to target)
 and the ``--polar-method`` that forces the accelerators' method on CPU."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import equivalence
-from experiments import optimizer_names, optimizers
+from experiments import equivalence, optimizer_names, optimizers
 import optax_egd
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +56,7 @@ def test_commands_force_the_method_with_the_same_seeds(tmp_path):
 
 
 def test_bad_task_is_a_usage_error():
-  done = subprocess.run([sys.executable, "-m", "benchmarks.equivalence",
+  done = subprocess.run([sys.executable, "-m", "experiments.equivalence",
                          "--tasks", "add-98", "--summarize"], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
   assert done.returncode == 2
@@ -117,8 +116,21 @@ def test_against_another_method_pairs_it_with_the_svd(tmp_path):
 
 @pytest.mark.parametrize("method", ["svd", "auto", "nope"])
 def test_against_must_be_another_method(method):
-  done = subprocess.run([sys.executable, "-m", "benchmarks.equivalence",
+  done = subprocess.run([sys.executable, "-m", "experiments.equivalence",
                          "--against", method, "--summarize"], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
   assert done.returncode == 2
   assert "--against" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_default_out_leaves_the_references_alone(tmp_path, monkeypatch):
+  """Without ``--out`` a sweep writes a timestamped folder under runs/."""
+  references = ROOT / "experiments" / "results"
+  before = {p: p.read_bytes() for p in references.rglob("equivalence*") if p.is_file()}
+  monkeypatch.chdir(tmp_path)
+  assert equivalence.main(["--tasks", "add-97", "--summarize"]) == 0
+  after = {p: p.read_bytes() for p in references.rglob("equivalence*") if p.is_file()}
+  assert after == before
+  (run,) = (tmp_path / "runs").iterdir()
+  assert run.name.startswith("equivalence-")
+  assert sorted(p.name for p in run.iterdir()) == ["equivalence.json", "equivalence.md"]

@@ -87,3 +87,27 @@ def test_quick_defaults():
   assert args.task_ids == ["add-97", "parity-400-2"] and args.seeds == 1
   assert paper_table.parse_args([]).task_ids == list(paper_table.TASKS)
   assert paper_table.task_args("parity-100-3", 10).lr == 0.0416239
+
+
+def test_tasks_are_typed_configs_that_match_their_ids(monkeypatch):
+  """Each task is a RunConfig (no command line parsed to make a run); its
+  resolved config is the task its id names, and ``grok.argv`` of it is a
+  command that resolves back to it."""
+  from experiments import grok
+
+  def no_parsing(argv=None):
+    raise AssertionError(f"parsed {argv}")
+
+  monkeypatch.setattr(grok, "parse_args", no_parsing)
+  for task, base in paper_table.TASKS.items():
+    assert isinstance(base, grok.RunConfig)
+    config = paper_table.task_args(task, 10)
+    assert (config.max_epochs, config.checkpoint_every) == (10, 0)
+    family, *sizes = task.split("-")
+    if family == "parity":
+      assert (config.task, config.n, config.k) == ("parity", *map(int, sizes))
+    else:
+      assert (config.task, config.p) == (f"mod_{family}", int(sizes[0]))
+    monkeypatch.undo()
+    assert grok.resolve(grok.parse_args(grok.argv(config))) == config
+    monkeypatch.setattr(grok, "parse_args", no_parsing)

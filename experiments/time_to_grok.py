@@ -1,4 +1,4 @@
-"""Epochs and seconds to grok, per optimizer: ``python -m benchmarks.grok``.
+"""Epochs and seconds to grok, per optimizer: ``python -m experiments.time_to_grok``.
 
 In one process, with the same data split and the same initialization for
 every optimizer (per seed), the EGD paper's MLP (one-hot ``a ‖ b`` → 512 ReLU
@@ -23,16 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
+import pathlib
 import statistics
 import sys
 from typing import Any
 
 import optax
 
-from benchmarks import _common
-from experiments import models, optimizers, registry, tasks, train
+from experiments import _cli, _report, models, optimizers, registry, tasks, train
 import optax_egd
 
+NAME = "time_to_grok"
+RUNS_DIR = pathlib.Path("runs")
+"""Default parent of a run's output folder (relative to the working directory)."""
 POLAR_METHODS = tuple(m for m in optax_egd.METHODS if m != "auto")
 OPTIMIZERS = (
   "sgd",
@@ -85,9 +88,9 @@ def build_optimizer(
   """The optimizer ``name``: one of ``OPTIMIZERS``, or of
   :data:`experiments.registry.NAMES`."""
   if name == "official":
-    return _common.egd_sgd("svd", config, only=first_kernel)
+    return _report.egd_sgd("svd", config, only=first_kernel)
   if name in _POLAR:
-    return _common.egd_sgd(name.removeprefix("egd-"), config)
+    return _report.egd_sgd(name.removeprefix("egd-"), config)
   if name == "adamw-wd1":
     return optimizers.build(
       "adamw", dataclasses.replace(config, adam_weight_decay=1.0), first_kernel
@@ -104,7 +107,7 @@ def run_one(
   log_every: int,
 ) -> Row:
   """Trains the MLP on ``a op b mod p`` with optimizer ``name``."""
-  data, model, shuffle_key = _common.paper_mlp_setup(seed, p, op)
+  data, model, shuffle_key = _report.paper_mlp_setup(seed, p, op)
   tx = build_optimizer(
     name, optimizers.OptimizerConfig(seed=seed), models.MLP.first_kernel
   )
@@ -212,7 +215,7 @@ def markdown(summaries: Sequence[Summary], max_epochs: int) -> str:
         },
       }
     )
-  return _common.markdown_table(
+  return _report.markdown_table(
     table,
     [
       ("optimizer", "optimizer", "s"),
@@ -230,11 +233,15 @@ def markdown(summaries: Sequence[Summary], max_epochs: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
   """Command-line entry point."""
-  parser = _common.parser("grok", __doc__.split("\n")[0])
+  parser = _report.parser(
+    f"experiments.{NAME}", __doc__.split("\n")[0], RUNS_DIR, "experiments/results"
+  )
   parser.add_argument(
     "--task", choices=tasks.OPERATIONS, default="add", help="a ∘ b mod p (default add)"
   )
-  parser.add_argument("--p", type=int, default=97)
+  parser.add_argument(
+    "--p", type=_cli.prime(), default=97, help="a prime modulus (default 97)"
+  )
   parser.add_argument(
     "--optimizers",
     nargs="+",
@@ -245,31 +252,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     "experiments.registry (python -m experiments.grok "
     "--optimizer's choices); default: the former",
   )
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-  parser.add_argument("--batch-size", type=int, default=512)
-  parser.add_argument("--max-epochs", type=int, default=10000)
+  parser.add_argument("--seeds", type=_cli.integer(0), nargs="+", default=[0])
+  parser.add_argument("--batch-size", type=_cli.integer(1), default=512)
+  parser.add_argument("--max-epochs", type=_cli.integer(1), default=10000)
   parser.add_argument(
     "--quick", action="store_true", help="cap at 200 epochs (plain SGD needs ~5000)"
   )
   parser.add_argument(
-    "--log-every", type=int, default=500, help="progress line every N epochs (stderr)"
+    "--log-every",
+    type=_cli.integer(1),
+    default=500,
+    help="progress line every N epochs (stderr)",
   )
   args = parser.parse_args(argv)
   max_epochs = min(args.max_epochs, 200) if args.quick else args.max_epochs
   config = train.TrainConfig(batch_size=args.batch_size, max_epochs=max_epochs)
 
-  out = _common.out_dir(args.out, "grok")
-  stem = _common.result_stem("grok", args.quick)
-  with _common.tee_stdout(out / f"{stem}.txt"):
-    info = _common.machine_info()
-    _common.print_header(
+  out = _report.out_dir(args.out, NAME, RUNS_DIR)
+  stem = _report.result_stem(NAME, args.quick)
+  with _report.tee_stdout(out / f"{stem}.txt"):
+    info = _report.machine_info()
+    _report.print_header(
       f"Grokking: epochs and seconds to 95% test accuracy on "
       f"a {args.task} b mod {args.p}",
       info,
     )
     print(
       f"cap: {max_epochs} epochs; seeds {args.seeds}; egd() 'auto' → "
-      f"{optax_egd.auto_method((2 * args.p, _common.MLP_HIDDEN))!r}\n"
+      f"{optax_egd.auto_method((2 * args.p, _report.MLP_HIDDEN))!r}\n"
     )
     rows = []
     for seed in args.seeds:
@@ -287,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = markdown(summaries, max_epochs)
     print(table)
     run_config = dict(vars(args), max_epochs=max_epochs)
-    path = _common.write_json(out / f"{stem}.json", info, run_config, rows, summaries)
+    path = _report.write_json(out / f"{stem}.json", info, run_config, rows, summaries)
     md = path.with_suffix(".md")
     md.write_text(
       f"a {args.task} b mod {args.p}, seeds {args.seeds}, cap "

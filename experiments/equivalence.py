@@ -1,4 +1,4 @@
-"""``python -m benchmarks.equivalence``: does the accelerators' default grok as soon?
+"""``python -m experiments.equivalence``: does the accelerators' default grok as soon?
 
 ``"auto"`` picks ``"polar_express_exact"`` (matrix products only) on GPU and
 TPU and the exact ``"svd"`` on CPU. This benchmark trains every task of the
@@ -27,11 +27,11 @@ only reads the runs.
 
 Examples (the committed references; about 40 and 60 minutes on 2 cores)::
 
-  python -m benchmarks.equivalence --out benchmarks/results/equivalence
-  python -m benchmarks.equivalence --tasks parity-400-2,parity-100-3,parity-50-4 \
-      --seeds 30 --out benchmarks/results/equivalence_parity_30_seeds
-  python -m benchmarks.equivalence --tasks parity-400-2,parity-100-3,parity-50-4 \
-      --seeds 30 --against qdwh --out benchmarks/results/equivalence_parity_30_seeds
+  python -m experiments.equivalence --out experiments/results/equivalence
+  python -m experiments.equivalence --tasks parity-400-2,parity-100-3,parity-50-4 \
+      --seeds 30 --out experiments/results/equivalence_parity_30_seeds
+  python -m experiments.equivalence --tasks parity-400-2,parity-100-3,parity-50-4 \
+      --seeds 30 --against qdwh --out experiments/results/equivalence_parity_30_seeds
 
 ``--quick``: two cheap tasks, one seed.
 """
@@ -48,9 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import _common
-from experiments import _cli, optimizer_names
+from experiments import _cli, _report, optimizer_names
 
+RUNS_DIR = pathlib.Path("runs")
+"""Default parent of a sweep's output folder (relative to the working directory)."""
 REFERENCE = "svd"
 DEFAULT_AGAINST = "polar_express_exact"  # what ``auto`` picks on GPU and TPU
 # Task id → (experiments.grok options, the EGD optimizer its table uses, unit).
@@ -210,7 +211,7 @@ def table(rows: list[dict[str, Any]]) -> str:
           else f"- ({r[m]['reached']})"
         )
     flat.append(cells)
-  return _common.markdown_table(
+  return _report.markdown_table(
     flat,
     [
       ("task", "task", "s"),
@@ -226,7 +227,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = _common.parser("equivalence", __doc__.splitlines()[0])
+  p = _report.parser(
+    "experiments.equivalence",
+    __doc__.splitlines()[0],
+    RUNS_DIR,
+    "experiments/results/equivalence",
+  )
   p.add_argument("--tasks", help=f"comma-separated, from: {', '.join(TASKS)} (all)")
   p.add_argument(
     "--seeds",
@@ -262,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
   problem = _cli.check_names("argument --tasks", tasks, tuple(TASKS))
   if problem:
     p.error(problem)
-  out = _common.out_dir(args.out, "equivalence")
-  info = _common.machine_info()
+  out = _report.out_dir(args.out, "equivalence", RUNS_DIR)
+  info = _report.machine_info()
   methods = (REFERENCE, args.against)
-  _common.print_header(f"{args.against} against svd, epochs to target", info)
+  _report.print_header(f"{args.against} against svd, epochs to target", info)
   commands = {}
   for task in tasks:
     for method in methods:
@@ -279,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
   text = table(rows)
   print(text)
   name = "equivalence" + ("" if args.against == DEFAULT_AGAINST else f"_{args.against}")
-  stem = _common.result_stem(name, args.quick)
+  stem = _report.result_stem(name, args.quick)
   config = {
     "tasks": tasks,
     "seeds": args.seeds,
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     "against": args.against,
     "commands": commands,
   }
-  _common.write_json(out / f"{stem}.json", info, config, rows)
+  _report.write_json(out / f"{stem}.json", info, config, rows)
   (out / f"{stem}.md").write_text(text + "\n")
   print(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}")
   return 0
