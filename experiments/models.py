@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from optax.contrib import MuonDimensionNumbers as DimensionNumbers
 
+from optax_egd import dimension_numbers
+
 HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 ZEROS = nnx.initializers.zeros_init()
 Path = tuple[str | int, ...]
@@ -321,14 +323,9 @@ Model = MLP | Transformer | GrokfastDecoder | OmnigrokMLP
 
 
 def path_keys(path: tuple[Any, ...]) -> Path:
-  """A pytree key path of an ``nnx.State`` as plain names and indices."""
-  keys: list[str | int] = []
-  for entry in path:
-    if isinstance(entry, jax.tree_util.DictKey | jax.tree_util.FlattenedIndexKey):
-      keys.append(entry.key)
-    elif isinstance(entry, jax.tree_util.SequenceKey):
-      keys.append(entry.idx)
-  return tuple(keys)
+  """A pytree key path of an ``nnx.State`` as plain names and indices
+  (optax_egd's helper, without the ``.value`` attribute of NNX variables)."""
+  return dimension_numbers.path_keys(path, attributes=False)
 
 
 def is_kernel(path: tuple[Any, ...]) -> bool:

@@ -88,10 +88,23 @@ _FIX_HINT = (
     " params)")
 
 
-def path_keys(path: tuple[Any, ...]) -> tuple[Any, ...]:
-  """The names in a key path (dict keys, indices, attribute names)."""
+def path_keys(path: tuple[Any, ...], *, attributes: bool = True) -> tuple[Any, ...]:
+  """The names in a key path (dict keys, indices, attribute names).
+
+  ``attributes=False`` leaves attribute names out (an NNX ``State``'s leaves
+  sit at ``.value`` below their parameter's name).
+
+  Example:
+    >>> import jax
+    >>> path = (jax.tree_util.DictKey("l1"), jax.tree_util.SequenceKey(0),
+    ...         jax.tree_util.GetAttrKey("value"))
+    >>> path_keys(path), path_keys(path, attributes=False)
+    (('l1', 0, 'value'), ('l1', 0))
+  """
   names = []
   for entry in path:
+    if not attributes and isinstance(entry, jax.tree_util.GetAttrKey):
+      continue
     for field in ("key", "idx", "name"):
       if hasattr(entry, field):
         names.append(getattr(entry, field))
