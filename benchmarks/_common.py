@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import optax
 
-from experiments import _report, models, tasks, train
+from experiments import _report, tasks, train
 
 # Shared with the experiments' measurement commands.
 MLP_HIDDEN = _report.MLP_HIDDEN
@@ -29,6 +29,7 @@ egd_sgd = _report.egd_sgd
 machine_info = _report.machine_info
 markdown_table = _report.markdown_table
 paper_mlp_setup = _report.paper_mlp_setup
+paper_mlp_task = _report.paper_mlp_task
 print_header = _report.print_header
 result_stem = _report.result_stem
 tee_stdout = _report.tee_stdout
@@ -97,14 +98,6 @@ def time_interleaved(
   return {
     name: Timing(statistics.median(t), min(t), len(t)) for name, t in times.items()
   }
-
-
-def paper_mlp_task(
-  seed: int = 0, p: int = 97, op: tasks.Operation = "add"
-) -> tuple[tasks.Dataset, models.MLP]:
-  """The data and model of :func:`paper_mlp_setup`."""
-  data, model, _ = paper_mlp_setup(seed, p, op)
-  return data, model
 
 
 def make_loss(
