@@ -93,7 +93,7 @@ MUTANTS = (
          "x = jnp.where(finite, jnp.ldexp(x, -jnp.where(finite, jnp.frexp(amax)[1],"
          " 0)), 0)", "x = jnp.where(finite, x, 0)", (T_POLAR,)),
   Mutant("qdwh-filter", "qdwh: the noise filter dropped", METHODS,
-         "return _t(_qdwh_filter(u))", "return _t(u)", (T_POLAR,)),
+         "return transpose(_qdwh_filter(u))", "return transpose(u)", (T_POLAR,)),
   Mutant("eigh-floor", "eigh: the Gram resolution floor dropped", METHODS,
          "rtol = jnp.maximum(rtol, math.sqrt(m) * jnp.sqrt(eps))", "rtol = rtol",
          (T_POLAR,)),

@@ -62,6 +62,7 @@ from optax_egd.polar_methods import (
     rsvd_polar,
     safe_div,
     svd_polar,
+    transpose,
 )
 from optax_egd.polar_schedules import (
     MUON_NS_COEFFS,
@@ -81,11 +82,6 @@ __all__ = [
 
 # The lowering platforms "auto" decides for; any other gets the accelerator's.
 _CPU_PLATFORMS = ("cpu",)
-
-
-def transpose(a: jax.Array) -> jax.Array:
-  """Swaps the last two axes."""
-  return jnp.swapaxes(a, -1, -2)
 
 
 def auto_method(shape: tuple[int, ...], backend: str | None = None) -> str:

@@ -30,7 +30,8 @@ def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=_HIGHEST)
 
 
-def _t(a: jax.Array) -> jax.Array:
+def transpose(a: jax.Array) -> jax.Array:
+  """Swaps the last two axes."""
   return jnp.swapaxes(a, -1, -2)
 
 
@@ -53,18 +54,18 @@ def svd_polar(x: jax.Array, rtol: jax.Array) -> jax.Array:
   m, n = x.shape[-2:]
   q = None
   if n >= QR_ASPECT * m:
-    q, r = jnp.linalg.qr(_t(x))
-    x = _t(r)
+    q, r = jnp.linalg.qr(transpose(x))
+    x = transpose(r)
   u, s, vh = jnp.linalg.svd(x, full_matrices=False)
   y = _mm(u * _unit_singular_values(s, rtol)[..., None, :], vh)
-  return y if q is None else _mm(y, _t(q))
+  return y if q is None else _mm(y, transpose(q))
 
 
 def eigh_polar(x: jax.Array, rtol: jax.Array) -> jax.Array:
   # x is wide (m <= n): the Gram matrix x xᵀ is the small one.
   m = x.shape[-2]
   eps = jnp.finfo(x.dtype).eps
-  gram = _mm(x, _t(x))
+  gram = _mm(x, transpose(x))
   lam, v = jnp.linalg.eigh(gram)
   sigma = jnp.sqrt(jnp.maximum(lam, 0))
   # Eigenvalues of a float Gram matrix are only resolved down to ~m·eps·λ_max,
@@ -72,7 +73,7 @@ def eigh_polar(x: jax.Array, rtol: jax.Array) -> jax.Array:
   rtol = jnp.maximum(rtol, math.sqrt(m) * jnp.sqrt(eps))
   cutoff = rtol * sigma[..., -1:]
   inv = safe_div(jnp.ones_like(sigma), jnp.maximum(sigma, cutoff))
-  return _mm(_mm(v * inv[..., None, :], _t(v)), x)
+  return _mm(_mm(v * inv[..., None, :], transpose(v)), x)
 
 
 def _orthonormal_basis(y: jax.Array) -> jax.Array:
@@ -91,8 +92,8 @@ def rsvd_polar(
   width = omega.shape[-1]
   q = _orthonormal_basis(_mm(x, omega))
   for _ in range(power_iters):
-    q = _orthonormal_basis(_mm(x, _orthonormal_basis(_mm(_t(x), q))))
-  u, s, vh = jnp.linalg.svd(_mm(_t(q), x), full_matrices=False)
+    q = _orthonormal_basis(_mm(x, _orthonormal_basis(_mm(transpose(x), q))))
+  u, s, vh = jnp.linalg.svd(_mm(transpose(q), x), full_matrices=False)
   keep = min(rank, width)
   u, s, vh = u[..., :keep], s[..., :keep], vh[..., :keep, :]
   return _mm(_mm(q, u * _unit_singular_values(s, rtol)[..., None, :]), vh)
@@ -107,7 +108,7 @@ def newton_schulz_polar(
   norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
   x = safe_div(x, norm * 1.01)
   for a, b, c in coeffs:
-    gram = mm(x, _t(x))
+    gram = mm(x, transpose(x))
     x = a * x + mm(b * gram + c * mm(gram, gram), x)
   return x
 
@@ -120,18 +121,18 @@ def qdwh_polar(x: jax.Array, rtol: float) -> jax.Array:
   # qdwh's default Halley tail (up to 10 steps) would push float noise of
   # rank-deficient inputs up to one as well, hence max_iterations.
   steps = qdwh_steps(rtol)
-  u, _, _, _ = jax.lax.linalg.qdwh(_t(x), eps=rtol, max_iterations=steps)
+  u, _, _, _ = jax.lax.linalg.qdwh(transpose(x), eps=rtol, max_iterations=steps)
   # Stopped there, QDWH maps σ ≪ rtol·α to about 14·σ/(rtol·α): float noise
   # comes out ~10x above the SVD's σ/(rtol·σ_max) (0.05-0.27 on rank-1
   # inputs). One filter s ↦ 3.5s⁵ − 2.5s⁷ of the singular values s of u
   # (monotone on [0, 1], flat at s = 1 so converged directions stay at one
   # to rounding) damps them to the SVD's level or below.
-  return _t(_qdwh_filter(u))
+  return transpose(_qdwh_filter(u))
 
 
 def _qdwh_filter(u: jax.Array) -> jax.Array:
   """u·(3.5·G² − 2.5·G³) with G = uᵀu: s ↦ 3.5s⁵ − 2.5s⁷ on singular values."""
-  gram = _mm(_t(u), u)
+  gram = _mm(transpose(u), u)
   gram2 = _mm(gram, gram)
   return _mm(u, 3.5 * gram2 - 2.5 * _mm(gram2, gram))
 
@@ -182,7 +183,7 @@ def polar_express_iteration(x: jax.Array, steps: tuple[tuple[float, float, float
   # x is wide (m <= n): x xᵀ is the small Gram matrix. Matrix products only,
   # batched over leading axes (no LAPACK call, so no per-matrix loop).
   mm = _matmul(precision)
-  gram = mm(x, _t(x))
+  gram = mm(x, transpose(x))
   gram2 = mm(gram, gram)
   # U⁴ = ‖(x xᵀ)²‖_F (a max-scaled sum of squares: no overflow), so x/U has
   # σ_max ≤ 1 and U ≤ k^{1/8}·σ_max; the first step reuses both products.
@@ -194,7 +195,7 @@ def polar_express_iteration(x: jax.Array, steps: tuple[tuple[float, float, float
   gram, gram2 = gram * inv2, gram2 * (inv2 * inv2)
   for i, (a, b, c) in enumerate(steps):
     if i:
-      gram = mm(x, _t(x))
+      gram = mm(x, transpose(x))
       gram2 = mm(gram, gram)
     x = a * x + mm(b * gram + c * gram2, x)
   return x
