@@ -36,6 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import leaderboard  # noqa: E402
+from experiments import leaderboard_stats as stats  # noqa: E402
 
 DOCS = ROOT / "docs"
 # Grokfast's README (ironjr/grokfast): iterations to 95% validation accuracy on
@@ -74,48 +75,59 @@ def stat(values: list[float], cap: float | None, digits: int = 0) -> str:
 
 
 class Budget(NamedTuple):
-  """Configurations per optimizer and the seeds of a fill (full or ``--quick``)."""
+  """The grid, the configurations in all and the seeds of a fill (full or
+  ``--quick``)."""
 
   trials: int
+  budget: int
   tune_seeds: tuple[int, ...]
   eval_seeds: tuple[int, ...]
 
 
-FULL = Budget(leaderboard.TRIALS, leaderboard.TUNE_SEEDS, leaderboard.EVAL_SEEDS)
+FULL = Budget(
+  leaderboard.TRIALS, leaderboard.BUDGET, leaderboard.TUNE_SEEDS, leaderboard.EVAL_SEEDS
+)
 QUICK = Budget(
-  leaderboard.QUICK_TRIALS, leaderboard.QUICK_TUNE_SEEDS, leaderboard.QUICK_EVAL_SEEDS
+  leaderboard.QUICK_TRIALS,
+  leaderboard.QUICK_BUDGET,
+  leaderboard.QUICK_TUNE_SEEDS,
+  leaderboard.QUICK_EVAL_SEEDS,
 )
 
 
 def cells(
   rows: list[dict[str, Any]], task: str, budget: Budget = FULL
 ) -> list[dict[str, Any]]:
-  """Per optimizer of ``task``: its tune and eval rows, chosen config, status
-  (plugin rows left out: :func:`plugin_cells`)."""
+  """Per optimizer of ``task``: its tuning search (:func:`leaderboard.search`),
+  tune and eval rows, chosen config, whether it is at an edge of what was
+  tried, and status (plugin rows left out: :func:`plugin_cells`)."""
   out = []
   rows = [r for r in rows if r.get("plugin") is None]
   for name in leaderboard.TASKS[task].optimizers:
-    configs = leaderboard.grid(task, name, budget.trials)
+    state = leaderboard.search(rows, task, name, trials=budget.trials,
+                               budget=budget.budget, seeds=budget.tune_seeds,
+                               quick=budget is QUICK)  # fmt: skip
     mine = [r for r in rows if r["task"] == task and r["optimizer"] == name]
-    tune = [r for r in mine if r["phase"] == "tune" and r["config"] in configs]
-    chosen = leaderboard.choose(rows, task, name, configs, budget.tune_seeds,
-                                budget is QUICK)  # fmt: skip
-    evals = [
-      r for r in mine
-      if r["phase"] == "eval" and chosen is not None and r["config"] == chosen
-      and r["seed"] in budget.eval_seeds
-    ]  # fmt: skip
-    wanted_tune = len(configs) * len(budget.tune_seeds)
+    placed = [*state.configs, *state.needed]
+    tune = [r for r in mine if r["phase"] == "tune" and r["config"] in placed]
+    chosen = state.chosen
+    evals = sorted(
+      (r for r in mine
+       if r["phase"] == "eval" and chosen is not None and r["config"] == chosen
+       and r["seed"] in budget.eval_seeds),
+      key=lambda r: r["seed"],
+    )  # fmt: skip
     if not mine:
       status = "not run yet"
     elif len(evals) >= len(budget.eval_seeds):
       status = "done"
     elif chosen is None:
-      status = f"tuning: {len(tune)}/{wanted_tune} runs"
+      status = f"tuning: {len(state.configs)}/{budget.budget} configurations"
     else:
       status = f"evaluating: {len(evals)}/{len(budget.eval_seeds)} seeds"
+    stable = status == "done" and all(leaderboard.complete(r) for r in evals)
     out.append(dict(name=name, tune=tune, evals=evals, chosen=chosen, status=status,
-                    configs=configs,
+                    configs=list(state.configs), edge=state.edge, stable=stable,
                     grok=leaderboard.grok_optimizer(task, name)))  # fmt: skip
   return out
 
@@ -208,27 +220,27 @@ def _reached(cell: dict[str, Any]) -> int:
   return sum(r["steps_to_target"] is not None for r in cell["evals"])
 
 
+_FIELDS = {"steps": "steps_to_target", "epochs": "epochs_to_target",
+           "seconds": "seconds", "stable": "stable_steps_to_target"}  # fmt: skip
+
+
 def _steps(rows: list[dict[str, Any]], kind: str) -> list[float]:
-  return [
-    r[f"{kind}_to_target" if kind != "seconds" else "seconds"]
-    if r[f"{kind}_to_target" if kind != "seconds" else "seconds"] is not None
-    else math.inf
-    for r in rows
-  ]
+  """Per row, its ``kind`` (steps, epochs, seconds to the first evaluation at
+  the target, or ``stable`` steps to stable grokking); ``inf``: not reached."""
+  field = _FIELDS[kind]
+  return [r[field] if r[field] is not None else math.inf for r in rows]
 
 
 def config_text(
   config: dict[str, float] | None, configs: list[dict[str, float]]
 ) -> str:
   """``lr=0.7 weight_decay=0`` (``–`` when not chosen yet), with ``(edge)``
-  when its learning rate is the smallest or largest of the grid: the best
-  may lie outside it."""
+  when its learning rate is the smallest or largest tried with its other
+  knobs (:func:`leaderboard.at_edge`): the best may lie outside them."""
   if config is None:
     return "–"
   text = " ".join(f"{k}={v:g}" for k, v in config.items())
-  key = next(iter(config))
-  lrs = [c[key] for c in configs]
-  return text + (" (edge)" if config[key] in (min(lrs), max(lrs)) else "")
+  return text + (" (edge)" if leaderboard.at_edge(config, configs) else "")
 
 
 def strip_plot(task: str, table: list[dict[str, Any]], path: pathlib.Path) -> bool:
@@ -316,26 +328,63 @@ NOTES = {
 EGD_FAMILY = ("egd-first-layer", "egd", "egdm", "adam-egd")
 
 
-def _median_steps(cell: dict[str, Any]) -> float:
-  return quantile(_steps(cell["evals"], "steps"), 0.5)
+def _median_steps(cell: dict[str, Any], kind: str = "steps") -> float:
+  return quantile(_steps(cell["evals"], kind), 0.5)
 
 
-def _rank_key(cell: dict[str, Any]) -> tuple[float, float]:
-  """Median steps, then the share of evaluation seeds that missed."""
-  missed = len(cell["evals"]) - _reached(cell)
-  return (_median_steps(cell), missed / len(cell["evals"]))
+def _rank_key(cell: dict[str, Any], kind: str = "steps") -> tuple[float, float]:
+  """Median steps (``kind``: ``"steps"`` to the first evaluation at the
+  target, ``"stable"`` to stable grokking), then the share of evaluation
+  seeds that missed."""
+  values = _steps(cell["evals"], kind)
+  missed = sum(math.isinf(v) for v in values)
+  return (_median_steps(cell, kind), missed / len(values))
+
+
+def ranked(table: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+  """The done cells of a task whose median seed reached the target (for
+  ``kind="stable"``: whose rows all carry the stable fields), fastest first."""
+  done = [
+    c for c in table if c["status"] == "done" and (kind != "stable" or c["stable"])
+  ]
+  return [c for c in sorted(done, key=lambda c: _rank_key(c, kind))
+          if not math.isinf(_median_steps(c, kind))]  # fmt: skip
+
+
+def compare(
+  a: dict[str, Any], b: dict[str, Any], kind: str
+) -> tuple[stats.Interval, str, float]:
+  """``a`` against ``b`` over their evaluation seeds, paired by seed: the
+  ratio of median steps with its bootstrap 95% interval, the verdict read off
+  the interval, and the sign-flip p-value (a miss counts as the cap)."""
+  by_seed = [{r["seed"]: r for r in c["evals"]} for c in (a, b)]
+  seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+  cap = max(r["cap_steps"] for c in (a, b) for r in c["evals"])
+  values = [_steps([mine[seed] for seed in seeds], kind) for mine in by_seed]
+  interval = stats.ratio_of_medians(values[0], values[1], cap)
+  return interval, stats.verdict(interval), stats.sign_flip_test(*values, cap)
+
+
+def _versus(a: dict[str, Any] | None, b: dict[str, Any] | None, kind: str) -> str:
+  if a is None or b is None:
+    return "–"
+  interval, verdict, p = compare(a, b, kind)
+  return (
+    f"{a['name']} vs {b['name']}: ×{interval.ratio:.2f} "
+    f"[{interval.low:.2f}–{interval.high:.2f}], **{verdict}** (p = {p:.2g})"
+  )
 
 
 def ranking(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:
-  """The summary table: per task with two or more done cells, its fastest
-  optimizers by median steps to target over the evaluation seeds (a seed that
-  missed counts as the cap; ties broken by the share of seeds that reached
-  it; a cell whose median seed missed it is not ranked), the best EGD
-  optimizer against the best of the others, and ``egdm`` against tuned
-  ``muon`` where both are done."""
+  """The summary table: per task with two or more done cells, its three
+  fastest optimizers by median steps to the first evaluation at the target
+  and to stable grokking (a seed that missed counts as the cap; ties broken
+  by the share of seeds that reached it; a cell whose median seed missed it
+  is not ranked), and the fastest EGD optimizer against the fastest other
+  one by each measure (:func:`compare`)."""
   out = [
-    "| task | cells done | fastest (median steps) | best EGD | best other "
-    "| egdm vs muon |",
+    "| task | cells done | fastest: first at target | fastest: stable "
+    "| best EGD vs best other: first at target | same: stable |",
     "|---|---|---|---|---|---|",
   ]
   for task, table in by_task.items():
@@ -343,31 +392,75 @@ def ranking(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:
     if len(done) < 2:
       continue
     cap = max(r["cap_steps"] for c in done for r in c["evals"])
-
-    # Only cells whose median seed reached the target rank.
-    ordered = [c for c in sorted(done, key=_rank_key)
-               if not math.isinf(_median_steps(c))]  # fmt: skip
-
-    def named(cell: dict[str, Any] | None, cap: float = cap) -> str:
-      if cell is None:
-        return "–"
-      return f"{cell['name']} {show(_median_steps(cell), cap)}"
-
-    egd = next((c for c in ordered if c["name"] in EGD_FAMILY), None)
-    other = next((c for c in ordered if c["name"] not in EGD_FAMILY), None)
-    by_name = {c["name"]: c for c in done}
-    if "egdm" in by_name and "muon" in by_name:
-      versus = f"{show(_median_steps(by_name['egdm']), cap)} vs " + show(
-        _median_steps(by_name["muon"]), cap
+    texts = []
+    pending = [c["name"] for c in done if not c["stable"]]
+    for kind in ("steps", "stable"):
+      ordered = ranked(table, kind)
+      text = ", ".join(
+        f"{c['name']} {show(_median_steps(c, kind), cap)}" for c in ordered[:3]
       )
-    else:
-      versus = "–"
-    fastest = ", ".join(named(c) for c in ordered[:3]) or "none reaches it"
-    out.append(
-      f"| {task} | {len(done)} | {fastest} | {named(egd)} | {named(other)} "
-      f"| {versus} |"
-    )
+      if kind == "stable" and pending:
+        text += ("; " if text else "") + "pending: " + ", ".join(pending)
+      texts.append(text or "none reaches it")
+    for kind in ("steps", "stable"):
+      ordered = ranked(table, kind)
+      egd = next((c for c in ordered if c["name"] in EGD_FAMILY), None)
+      other = next((c for c in ordered if c["name"] not in EGD_FAMILY), None)
+      texts.append(_versus(egd, other, kind))
+    out.append(f"| {task} | {len(done)} | " + " | ".join(texts) + " |")
   return out
+
+
+def differences(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:
+  """Per task where the order of the ranked optimizers differs between the
+  two measures: one line naming both orders."""
+  out = []
+  for task, table in by_task.items():
+    first = [c["name"] for c in ranked(table, "steps") if c["stable"]]
+    stable = [c["name"] for c in ranked(table, "stable")]
+    if len(first) >= 2 and first != stable:
+      out.append(f"- {task}: first at target {', '.join(first)}; stable "
+                 f"{', '.join(stable) or 'none'}.")  # fmt: skip
+  return out
+
+
+def edge_cells(by_task: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
+  """How many done cells chose a learning rate at an edge of what was tried,
+  and how many cells are done."""
+  done = [c for table in by_task.values() for c in table if c["status"] == "done"]
+  return sum(c["edge"] for c in done), len(done)
+
+
+def draw_overview(by_task: dict[str, list[dict[str, Any]]], path: pathlib.Path) -> bool:
+  """The page's overview figure (:func:`stats.overview_figure`): per task and
+  optimizer, the done cell's median steps over the task's best, both
+  measures, edge cells marked. False when no cell is done."""
+  data: dict[tuple[str, str], dict[str, Any]] = {}
+  tasks = [
+    t for t, table in by_task.items() if any(c["status"] == "done" for c in table)
+  ]
+  for task in tasks:
+    table = [c for c in by_task[task] if c["status"] == "done"]
+    best = {}
+    for kind in ("steps", "stable"):
+      medians = [
+        _median_steps(c, kind) for c in table if kind == "steps" or c["stable"]
+      ]
+      best[kind] = min(medians, default=math.inf)
+    for cell in table:
+      entry: dict[str, Any] = {"edge": cell["edge"]}
+      for kind, key in (("steps", "first"), ("stable", "stable")):
+        if kind == "stable" and not cell["stable"]:
+          entry[key], entry[f"missed_{key}"] = None, False
+          continue
+        median = _median_steps(cell, kind)
+        ratio = median / best[kind] if not math.isinf(median) else math.inf
+        entry[key] = ratio
+        entry[f"missed_{key}"] = any(math.isinf(v) for v in _steps(cell["evals"], kind))
+      data[(task, cell["name"])] = entry
+  return stats.overview_figure(
+    data, path, tasks=tasks, optimizers=leaderboard.TRANSFORMER_OPTIMIZERS
+  )
 
 
 README_START = "<!-- leaderboard table: python docs/make_leaderboard.py -->"
@@ -491,6 +584,19 @@ def page(
   """The markdown of the page (``by_task``: :func:`tables` of ``rows``, of the
   ``--quick`` rows with ``quick``); draws the figures into ``figures``."""
   rows = [r for r in rows if bool(r.get("quick")) == quick]
+  edges, done_cells = edge_cells(by_task)
+  image = figures / "leaderboard_overview.png"
+  overview_lines = []
+  if draw_overview(by_task, image):
+    overview_lines = [
+      f"![median steps relative to each task's best]({figure_link}/{image.name})",
+      "",
+      "Each done cell: its median steps over the best median of its task (1.0: "
+      "the fastest), to the first evaluation at the target (left) and to stable "
+      "grokking (right); † tuned at an edge of what was tried; * some seeds "
+      "missed the target; grey: not done (or the stable rows still pending).",
+      "",
+    ]
   lines = [
     "# Leaderboard",
     "",
@@ -500,21 +606,50 @@ def page(
     "`python -m experiments.leaderboard` fills (it resumes: a rerun trains only "
     "the missing rows).",
     "",
-    "**Protocol.** For every task and optimizer: "
-    f"{leaderboard.TRIALS} configurations (the learning rate times "
-    f"{', '.join(f'{f:g}' for f in leaderboard.LR_FACTORS)}; for an optimizer with "
-    "a weight decay, the learning rate times "
-    f"{', '.join(f'{f:g}' for f in leaderboard.WD_LR_FACTORS)} × two decays) on "
-    f"the tuning seeds {list(leaderboard.TUNE_SEEDS)}: "
-    f"{leaderboard.TRIALS * len(leaderboard.TUNE_SEEDS)} tuning runs each. The "
-    "configuration with the fewest median steps to the target (a seed that misses "
-    "it counts as the cap) is then run on the evaluation seeds "
-    f"{list(leaderboard.EVAL_SEEDS)}, which the tables below report. Every "
-    "optimizer of a seed starts from the same data split, initialization and "
-    "shuffles. SGD-based optimizers keep the task's L2 term in the loss; it is "
-    "not tuned. `python -m experiments.leaderboard --print-grid` prints every grid. "
-    "A tuned configuration marked *(edge)* has the grid's smallest or largest "
-    "learning rate: a wider grid may find a better one.",
+    *overview_lines,
+    "**Protocol.** For every task and optimizer, the same budget: "
+    f"{leaderboard.BUDGET} configurations, each on the tuning seeds "
+    f"{list(leaderboard.TUNE_SEEDS)} "
+    f"({leaderboard.BUDGET * len(leaderboard.TUNE_SEEDS)} tuning runs). The "
+    f"first {leaderboard.TRIALS} are a grid (the learning rate "
+    f"times {', '.join(f'{f:g}' for f in leaderboard.LR_FACTORS)}; for an optimizer "
+    "with a weight decay, the learning rate times "
+    f"{', '.join(f'{f:g}' for f in leaderboard.WD_LR_FACTORS)} × two decays); a "
+    f"search places the other {leaderboard.BUDGET - leaderboard.TRIALS}, one at a "
+    "time, from the best so far: when its learning rate is the smallest or "
+    "largest tried with its other knobs, a step past that edge (×"
+    f"{leaderboard.EDGE_STEP:g} the first time, then ×{leaderboard.EDGE_STEP**2:g}, "
+    f"×{leaderboard.EDGE_STEP**3:g}, …: each step twice the factor of the one "
+    "before); otherwise the geometric midpoint towards its better neighbour. "
+    "The best configuration (the fewest median "
+    "steps to the first evaluation at the target, a seed that misses it counting "
+    "as the cap) is then run on the evaluation seeds "
+    f"{list(leaderboard.EVAL_SEEDS)}, which the tables report. Every optimizer "
+    "of a seed starts from the same data split, initialization and shuffles. "
+    "SGD-based optimizers keep the task's L2 term in the loss; it is not tuned. "
+    "`python -m experiments.leaderboard --print-grid` prints every grid. A tuned "
+    "configuration marked *(edge)* still has the smallest or largest learning "
+    "rate tried with its other knobs after the budget: a wider search may find a "
+    f"better one. **{edges} of {done_cells} done cells are at such an edge.**",
+    "",
+    "**Two measures.** Steps to the *first* evaluation (every epoch) at the "
+    "target, and steps to *stable* grokking: the first epoch s with "
+    f"{leaderboard.STABLE_RULE} (runs go on past the first crossing until "
+    "then). *Fell back*: seeds whose "
+    "test accuracy dropped below the target after first reaching it. Rows "
+    "written before the stable measure existed are rerun (the same seed gives "
+    "the same first crossing; the old value is kept in the row under "
+    "`replaced`); rows that never reached the target take the fields without a "
+    "rerun. A cell's stable column is `pending` until all its evaluation rows "
+    "carry them.",
+    "",
+    "**Statistics.** Best EGD optimizer against best other, per measure: the "
+    "ratio of median steps over the evaluation seeds, paired by seed, with a "
+    "percentile bootstrap 95% interval (10,000 resamples; a miss counts as the "
+    "cap, which can only flatter the optimizer that missed). *ahead*/*behind* "
+    "only where the interval excludes 1, else *not separated*. The p-value is "
+    "the exact paired sign-flip test of the log ratio, for information: with 5 "
+    "seeds it cannot go below 0.0625.",
     "",
     f"**Measured on**: {machines(rows)}.",
     "",
@@ -526,20 +661,20 @@ def page(
     "python docs/make_leaderboard.py              # this page and its figures",
     "```",
     "",
-    "Optimizers: " + "; ".join(
-      f"`{name}`: {text}" for name, text in leaderboard.OPTIMIZERS.items()
-    ) + ".",
+    "Optimizers: "
+    + "; ".join(f"`{name}`: {text}" for name, text in leaderboard.OPTIMIZERS.items())
+    + ".",
     "",
   ]
-  overview = ["| task | " + " | ".join(leaderboard.ALL_OPTIMIZERS) + " |",
-              "|---" * (len(leaderboard.ALL_OPTIMIZERS) + 1) + "|"]  # fmt: skip
+  overview = ["| task | " + " | ".join(leaderboard.TRANSFORMER_OPTIMIZERS) + " |",
+              "|---" * (len(leaderboard.TRANSFORMER_OPTIMIZERS) + 1) + "|"]  # fmt: skip
   sections = []
   for task, spec in leaderboard.TASKS.items():
     table = by_task[task]
     by_name = {c["name"]: c["status"] for c in table}
     overview.append(
       f"| {task} | "
-      + " | ".join(by_name.get(n, "–") for n in leaderboard.ALL_OPTIMIZERS)
+      + " | ".join(by_name.get(n, "–") for n in leaderboard.TRANSFORMER_OPTIMIZERS)
       + " |"
     )
     sample = leaderboard.resolved(task, "baseline", {}, quick=False)
@@ -558,22 +693,30 @@ def page(
       continue
     sections += [
       "| optimizer | tuned config | reached | steps: median [IQR] "
-      "| epochs: median [IQR] | seconds: median [IQR] | status |",
-      "|---|---|---|---|---|---|---|",
+      "| stable: reached | stable steps: median [IQR] | fell back "
+      "| seconds: median [IQR] | status |",
+      "|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in table:
       evals = cell["evals"]
       if evals:
         cap = max(r["cap_steps"] for r in evals)
-        cap_epochs = max(r["cap_epochs"] for r in evals)
         reached = _reached(cell)
+        if all(leaderboard.complete(r) for r in evals):
+          stable = _steps(evals, "stable")
+          fell = sum(bool(r["fell_back"]) for r in evals)
+          stable_text = (
+            f"{sum(not math.isinf(v) for v in stable)}/{len(evals)} "
+            f"| {stat(stable, cap)} | {fell}/{len(evals)}"
+          )
+        else:
+          stable_text = "pending | pending | pending"
         values = (
           f"{reached}/{len(evals)} | {stat(_steps(evals, 'steps'), cap)} "
-          f"| {stat(_steps(evals, 'epochs'), cap_epochs)} "
-          f"| {stat(_steps(evals, 'seconds'), None, 1)}"
+          f"| {stable_text} | {stat(_steps(evals, 'seconds'), None, 1)}"
         )
       else:
-        values = "– | – | – | –"
+        values = "– | – | – | – | – | –"
       name = cell["name"]
       if cell["grok"][0] != name:
         name += f" (`{cell['grok'][0]}`)"
@@ -596,24 +739,36 @@ def page(
   statuses = [c for table in by_task.values() for c in table]
   done = sum(c["status"] == "done" for c in statuses)
   unrun = sum(c["status"] == "not run yet" for c in statuses)
+  used = {id(r) for c in statuses for r in (*c["tune"], *c["evals"])}
+  outside = sum(id(r) not in used for r in rows if r.get("plugin") is None)
   lines += [
     "## Summary",
     "",
-    "Per task whose cells are done: the three fastest tuned optimizers, the "
-    "fastest that applies EGD (" + ", ".join(f"`{n}`" for n in EGD_FAMILY)
-    + ") against the fastest of the others, and `egdm` against tuned `muon`. "
-    "Median steps to the target over the evaluation seeds; an optimizer whose "
-    "median seed missed the target within the cap is not ranked. The per-task "
-    "tables below give the spread and the share of seeds that reached it.",
+    "Per task with two or more done cells, by each measure: the three fastest "
+    "tuned optimizers (median steps over the evaluation seeds; an optimizer "
+    "whose median seed missed the target within the cap is not ranked), and "
+    "the fastest that applies EGD ("
+    + ", ".join(f"`{n}`" for n in EGD_FAMILY)
+    + ") against the fastest of the others (ratio of medians [95% interval], "
+    "verdict, p). The per-task tables below give the spread and the share of "
+    "seeds that reached the target.",
     "",
     *ranking(by_task),
+    "",
+    "Where the order by stable grokking differs from the order by the first "
+    "evaluation at the target (done cells with both measures):",
+    "",
+    *(differences(by_task) or ["- nowhere."]),
     "",
     "## Cells",
     "",
     f"**{done} of {len(statuses)} cells are done** (tuned and evaluated on every "
     f"evaluation seed); {unrun} are not run yet, the others are partly run. "
     "Status of every (task, optimizer) cell; – : not on that task (the MLP "
-    "variants compare EGD with its baselines only).",
+    "variants compare EGD with its baselines only; `egdm-kernels` runs on the "
+    f"transformers only). {outside} rows of the file are not used by the "
+    "tables (tuning rows outside the searches, evaluation rows of "
+    "configurations no longer chosen); they stay in the file.",
     "",
     *overview,
     "",
@@ -640,9 +795,11 @@ def main(argv: list[str] | None = None) -> None:
     help="the page of the --quick rows (a check of a fill) instead of the full ones",
   )  # fmt: skip
   args = p.parse_args(argv)
-  defaults = args.jsonl == ROOT / leaderboard.DEFAULT_JSONL and args.out == (
-    DOCS / "leaderboard.md"
-  ) and not args.quick
+  defaults = (
+    args.jsonl == ROOT / leaderboard.DEFAULT_JSONL
+    and args.out == (DOCS / "leaderboard.md")
+    and not args.quick
+  )
   if args.readme is None and defaults:
     args.readme = ROOT / "README.md"
   if args.jsonl.exists() and not args.jsonl.is_file():

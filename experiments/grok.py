@@ -173,6 +173,7 @@ def train_and_evaluate(
   records: list[dict[str, Any]] = []
   results: dict[str, Any] = head
   seeds = list(range(config.seed, config.seed + config.seeds))
+  stop = (config.stop_rule, config.max_epochs)
   if config.vectorize_seeds:
     print(
       f"--vectorize-seeds: seeds {seeds[0]}..{seeds[-1]} of each optimizer in "
@@ -180,12 +181,13 @@ def train_and_evaluate(
     )
     for name in names:
       for seed, result in zip(seeds, run_vectorized(config, name, seeds), strict=True):
-        records.append(run_record(name, seed, result))
+        records.append(run_record(name, seed, result, *stop))
       records.sort(key=lambda r: (r["seed"], names.index(r["optimizer"])))
       results = _write_results(config.out, head, records, names)
   for seed in seeds if not config.vectorize_seeds else []:
     for name in names:
-      records.append(run_record(name, seed, run_one(config, name, seed)))
+      result = run_one(config, name, seed)
+      records.append(run_record(name, seed, result, *stop))
       results = _write_results(config.out, head, records, names)
   title = plot_title(config)
   plot(records, names, config.out / "curves.png", title, target)

@@ -65,8 +65,21 @@ TUNE_SEEDS = (100, 101)
 EVAL_SEEDS = (0, 1, 2, 3, 4)
 QUICK_TUNE_SEEDS = (100,)
 QUICK_EVAL_SEEDS = (0, 1)
-TRIALS = 6  # configurations per optimizer and task
+TRIALS = 6  # configurations of the starting grid per optimizer and task
 QUICK_TRIALS = 2
+# Configurations per optimizer and task in all: the grid, then BUDGET - TRIALS
+# placed by the search (search()), for every optimizer alike.
+BUDGET = 10
+QUICK_BUDGET = 3
+# A step off an edge multiplies or divides the learning rate by this (the
+# grid's spacing), each further step off the same edge by twice the factor
+# of the one before; a refinement takes the geometric midpoint.
+EDGE_STEP = 2.0
+# Stable grokking: the target holds at every epoch from s through epoch 2·s
+# (or the cap); runs go on until then (experiments.train, stop_rule="stable").
+STABLE_RULE = ("test accuracy at or above the target at every epoch from s through "
+               "epoch min(2·s, cap)")  # fmt: skip
+STABLE_FIELDS = ("stable_steps_to_target", "stable_epochs_to_target", "fell_back")
 # Times the task's learning rate, lr-only grids. (With 0.25-2, every tuned
 # optimizer on add97-mlp chose the grid's largest learning rate.)
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -125,6 +138,10 @@ ALL_OPTIMIZERS = (
   "perp-adamw",
   "column-norm",
 )
+# On transformers: egdm on the leaves muon treats as matrices too (egdm's own
+# default takes the 2-D leaves, embeddings included, and gives the 3-D
+# attention kernels AdamW), so that egdm and muon compare like with like.
+TRANSFORMER_OPTIMIZERS = (*ALL_OPTIMIZERS, "egdm-kernels")
 # The task variants of the EGD paper's open questions: EGD against its baselines.
 VARIANT_OPTIMIZERS = ("baseline", "egd-first-layer", "egd", "egdm", "column-norm")
 OPTIMIZERS = {
@@ -132,9 +149,13 @@ OPTIMIZERS = {
   "Power et al., Omnigrok)",
   "egd-first-layer": "EGD on the first kernel, then SGD (the EGD paper's mode)",
   "egd": "EGD on every kernel, then SGD",
-  "egdm": "optax_egd.egdm (EGD of Nesterov momentum on every 2-D leaf, embeddings "
-  "included; AdamW on the rest, so on add97-transformer the 3-D attention kernels "
-  "of nnx.MultiHeadAttention take AdamW, where muon treats them as matrices)",
+  "egdm": "optax_egd.egdm with its default leaves (EGD of Nesterov momentum on "
+  "every 2-D leaf, embeddings included; AdamW on the rest, so on the transformers "
+  "the 3-D attention kernels of nnx.MultiHeadAttention take AdamW, where muon "
+  "treats them as matrices)",
+  "egdm-kernels": "optax_egd.egdm on muon's leaves (every kernel, the 3-D "
+  "attention kernels as matrices; AdamW on the rest, embeddings included): run "
+  "on the transformers only, where the two differ",
   "adam-egd": "Adam's moments, then EGD, on the kernels; AdamW elsewhere",
   "muon": "optax.contrib.muon",
   "grokfast-ema": "Grokfast EMA filter in front of the baseline",
@@ -201,7 +222,7 @@ TASKS: dict[str, Task] = {
     "adamw",
     1000,
     "transformer",
-    ALL_OPTIMIZERS,
+    TRANSFORMER_OPTIMIZERS,
     "Grokfast (Lee et al. 2024), ironjr/grokfast main.py",
     dict(preset="grokfast", **_TRANSFORMER_QUICK),
   ),
@@ -210,7 +231,7 @@ TASKS: dict[str, Task] = {
     "adamw",
     3000,
     "transformer",
-    ALL_OPTIMIZERS,
+    TRANSFORMER_OPTIMIZERS,
     "Power et al. 2022 style: a + b mod 97, 50% train, 2-layer decoder "
     "(d_model 128, 4 heads), AdamW β2 0.98, 10-step warmup",
     dict(task="mod_add", encoding="tokens", **_TRANSFORMER_QUICK),
@@ -400,8 +421,8 @@ class Sweep:
     print_grid: print the grids and budget instead of training.
 
   >>> sweep = Sweep(tasks=("add97-mlp",), quick=True)
-  >>> sweep.trials, sweep.tune_seeds, sweep.eval_seeds
-  (2, (100,), (0, 1))
+  >>> sweep.trials, sweep.budget, sweep.tune_seeds, sweep.eval_seeds
+  (2, 3, (100,), (0, 1))
   """
 
   tasks: tuple[str, ...] = tuple(TASKS)
@@ -416,6 +437,11 @@ class Sweep:
   def trials(self) -> int:
     """Configurations per optimizer and task."""
     return QUICK_TRIALS if self.quick else TRIALS
+
+  @property
+  def budget(self) -> int:
+    """Configurations per optimizer and task in all (:func:`search`)."""
+    return QUICK_BUDGET if self.quick else BUDGET
 
   @property
   def tune_seeds(self) -> tuple[int, ...]:
@@ -593,12 +619,17 @@ def _alive(claim: dict[str, Any]) -> bool:
   return True
 
 
+def complete(row: dict[str, Any]) -> bool:
+  """Whether ``row`` carries the stable-grokking fields (:data:`STABLE_FIELDS`)."""
+  return all(field in row for field in STABLE_FIELDS)
+
+
 def claim(path: pathlib.Path, key: str) -> bool:
-  """Claim run ``key`` for this process; False if it is done or claimed by a
-  live process."""
+  """Claim run ``key`` for this process; False if a complete row of it is in
+  the file (:func:`complete`) or a live process claimed it."""
   claims = pathlib.Path(f"{path}.claims")
   with locked(path):
-    if key in {row_key(r) for r in read_rows(path)}:
+    if key in {row_key(r) for r in read_rows(path) if complete(r)}:
       return False
     if any(c["key"] == key and _alive(c) for c in read_rows(claims)):
       return False
@@ -609,10 +640,59 @@ def claim(path: pathlib.Path, key: str) -> bool:
   return True
 
 
+def _rewrite(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+  """Replace the file's rows (call under :func:`locked`): written next to it,
+  then renamed over it, so a reader never sees half a file."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in rows))
+  os.replace(tmp, path)
+
+
 def append(path: pathlib.Path, row: dict[str, Any]) -> None:
-  """Append ``row`` as one line, under the lock."""
-  with locked(path), open(path, "a") as f:
-    f.write(json.dumps(json_safe(row)) + "\n")
+  """Append ``row`` as one line, under the lock. A row of the same run
+  without the stable-grokking fields (written before they existed) is
+  replaced in place by ``row``, which keeps its steps to target and date
+  under ``"replaced"`` (a rerun repeats the run: same seed, same steps)."""
+  row = json_safe(row)
+  with locked(path):
+    rows = read_rows(path)
+    key = row_key(row)
+    old = [i for i, r in enumerate(rows) if row_key(r) == key and not complete(r)]
+    if not old:
+      with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+      return
+    before = rows[old[0]]
+    replaced = {k: before.get(k) for k in ("steps_to_target", "date")}
+    rows[old[0]] = {**row, "replaced": replaced}
+    _rewrite(path, [r for i, r in enumerate(rows) if i not in old[1:]])
+
+
+def complete_unreached(path: pathlib.Path) -> int:
+  """Give the stable-grokking fields to the rows written before they existed
+  that never reached the target in a run to the cap: they follow from the
+  row (no stable grokking, never fell back), so no rerun is needed. Returns
+  how many rows were completed; rows that reached the target stay incomplete
+  until a rerun replaces them (:func:`append`)."""
+  if not path.exists():
+    return 0
+  with locked(path):
+    rows = read_rows(path)
+    done = 0
+    for row in rows:
+      if (not complete(row) and row.get("steps_to_target") is None
+          and row.get("epochs_run") == row.get("cap_epochs")):  # fmt: skip
+        row.update(
+          stable_steps_to_target=None,
+          stable_epochs_to_target=None,
+          fell_back=False,
+          stable_rule=STABLE_RULE,
+          stable_derived="never reached the target in a run to the cap",
+        )
+        done += 1
+    if done:
+      _rewrite(path, rows)
+  return done
 
 
 def train_row(
@@ -621,14 +701,15 @@ def train_row(
   """Train one run and return its row."""
   import jax
 
-  args = resolved(task, name, config, quick)
+  args = dataclasses.replace(resolved(task, name, config, quick), stop_rule="stable")
   result = grok.run_one(args, grok.given(args.optimizers)[0], seed)
   h = result.history
   argv = run_argv(task, name, config, quick)
   command = shlex.join(
     ["python", "-m", "experiments.grok", *argv, "--max-epochs", str(args.max_epochs),
-     "--seed", str(seed)]
+     "--stop-rule", "stable", "--seed", str(seed)]
   )  # fmt: skip
+  stable = result.stable_epochs_to_target(args.max_epochs)
   return {
     "task": task,
     "optimizer": name,
@@ -639,6 +720,10 @@ def train_row(
     "steps_to_target": result.steps_to_target,
     "epochs_to_target": result.epochs_to_target,
     "seconds": result.seconds_to_target,
+    "stable_steps_to_target": stable and stable * result.steps_per_epoch,
+    "stable_epochs_to_target": stable,
+    "fell_back": result.fell_back,
+    "stable_rule": STABLE_RULE,
     "cap_steps": args.max_epochs * result.steps_per_epoch,
     "cap_epochs": args.max_epochs,
     "steps_per_epoch": result.steps_per_epoch,
@@ -671,7 +756,20 @@ def _score(rows: list[dict[str, Any]]) -> tuple[float, float]:
     r["steps_to_target"] if r["steps_to_target"] is not None else r["cap_steps"]
     for r in rows
   ]
-  return statistics.median(steps), -statistics.median(r["best_test_acc"] for r in rows)
+  # A run that went NaN has no best test accuracy (None): it counts as 0.
+  accuracy = statistics.median(r["best_test_acc"] or 0.0 for r in rows)
+  return statistics.median(steps), -accuracy
+
+
+def _tune_rows(
+  rows: list[dict[str, Any]], task: str, name: str, quick: bool, sha256: str | None
+) -> list[dict[str, Any]]:
+  return [
+    r for r in rows
+    if r["task"] == task and r["optimizer"] == name and r["phase"] == "tune"
+    and bool(r.get("quick")) == quick
+    and (r.get("plugin") or {}).get("sha256") == sha256
+  ]  # fmt: skip
 
 
 def choose(
@@ -683,23 +781,19 @@ def choose(
   quick: bool = False,
   sha256: str | None = None,
 ) -> dict[str, float] | None:
-  """The tuned configuration of (``task``, ``name``): the one of ``configs``
-  with the fewest median steps to target over ``seeds`` (unreached: the cap),
-  ties to the higher median best test accuracy, then the earlier config.
-  None until every tune row is in ``rows``. ``sha256``: only the rows of the
-  plugin file with this hash (None: the rows of no plugin).
+  """The best of ``configs`` for (``task``, ``name``): the one with the
+  fewest median steps to target over ``seeds`` (unreached: the cap), ties to
+  the higher median best test accuracy, then the earlier config. None until
+  every tune row is in ``rows``. ``sha256``: only the rows of the plugin file
+  with this hash (None: the rows of no plugin). :func:`search` places the
+  configurations; this picks among them.
 
   >>> row = lambda lr, s: dict(task="t", optimizer="o", phase="tune", seed=0,
   ...   config={"lr": lr}, steps_to_target=s, cap_steps=100, best_test_acc=0.9)
   >>> choose([row(1.0, None), row(2.0, 40)], "t", "o", [{"lr": 1.0}, {"lr": 2.0}], (0,))
   {'lr': 2.0}
   """
-  tune = [
-    r for r in rows
-    if r["task"] == task and r["optimizer"] == name and r["phase"] == "tune"
-    and bool(r.get("quick")) == quick
-    and (r.get("plugin") or {}).get("sha256") == sha256
-  ]  # fmt: skip
+  tune = _tune_rows(rows, task, name, quick, sha256)
   scores = []
   for i, config in enumerate(configs):
     mine = [r for r in tune if r["config"] == config and r["seed"] in seeds]
@@ -709,20 +803,220 @@ def choose(
   return configs[min(scores)[2]] if scores else None
 
 
-def plan(sweep: Sweep) -> list[tuple[str, str, str, int, dict[str, float]]]:
-  """Every (task, optimizer, phase, seed, config) the options ask for, in the
-  order they run: task by task, optimizer by optimizer, tune before eval
-  (eval entries have an empty config: chosen when they run)."""
+def _line(config: dict[str, float], configs: list[dict[str, float]]) -> list[float]:
+  """The learning rates (first key) tried with ``config``'s other knobs, sorted."""
+  lr_key = next(iter(config))
+  rest = {k: v for k, v in config.items() if k != lr_key}
+  return sorted(
+    {c[lr_key] for c in configs if {k: v for k, v in c.items() if k != lr_key} == rest}
+  )
+
+
+def at_edge(config: dict[str, float], configs: list[dict[str, float]]) -> bool:
+  """Whether ``config``'s learning rate is the smallest or largest of those
+  tried with its other knobs (then its best may lie past what was tried).
+
+  >>> at_edge({"lr": 1.0, "wd": 0.1}, [{"lr": 1.0, "wd": 0.1}, {"lr": 2.0, "wd": 0.1},
+  ...   {"lr": 0.5, "wd": 0.0}])
+  True
+  """
+  line = _line(config, configs)
+  return config[next(iter(config))] in (line[0], line[-1])
+
+
+def propose(
+  configs: list[dict[str, float]],
+  scores: list[tuple[float, float]],
+  trials: int = TRIALS,
+) -> dict[str, float]:
+  """The next configuration to try, given those tried (the first ``trials``
+  the grid) and their scores (:func:`_score`, lower is better). From the best
+  one: when its learning rate is at an edge of its line (:func:`at_edge`), a
+  step past that edge, of :data:`EDGE_STEP` the first time and twice the
+  factor of the step before each further time (×2, ×4, ×8: a far optimum is
+  reached in a few trials); else the geometric midpoint towards its better
+  neighbour (then towards the other).
+
+  >>> configs = [{"lr": 1.0}, {"lr": 2.0}, {"lr": 4.0}]
+  >>> propose(configs, [(30, 0), (20, 0), (10, 0)], trials=3)  # at the top: on
+  {'lr': 8.0}
+  >>> propose([*configs, {"lr": 8.0}], [(30, 0), (20, 0), (10, 0), (5, 0)], 3)
+  {'lr': 32.0}
+  >>> propose(configs, [(30, 0), (10, 0), (20, 0)], trials=3)  # inside: refine
+  {'lr': 2.828}
+  """
+  best = configs[min(range(len(configs)), key=lambda i: (scores[i], i))]
+  lr_key = next(iter(best))
+  line = _line(best, configs)
+  grid_line = _line(best, configs[:trials]) or [best[lr_key]]
+  lr = best[lr_key]
+  at = line.index(lr)
+
+  def at_lr(value: float) -> dict[str, float]:
+    return {**best, lr_key: float(f"{value:.4g}")}
+
+  if at == 0:
+    steps_before = sum(v < grid_line[0] for v in line)
+    return at_lr(lr / EDGE_STEP ** (steps_before + 1))
+  if at == len(line) - 1:
+    steps_before = sum(v > grid_line[-1] for v in line)
+    return at_lr(lr * EDGE_STEP ** (steps_before + 1))
+  score = {
+    json.dumps(c, sort_keys=True): sc for c, sc in zip(configs, scores, strict=True)
+  }
+  neighbours = sorted(
+    (line[at - 1], line[at + 1]),
+    key=lambda v: score[json.dumps(at_lr(v), sort_keys=True)],
+  )
+  for neighbour in neighbours:
+    candidate = at_lr((lr * neighbour) ** 0.5)
+    if candidate not in configs:
+      return candidate
+  return at_lr(line[0] / EDGE_STEP)  # refined to 4 digits: widen instead
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+  """Where the tuning of one (task, optimizer) cell stands (:func:`search`).
+
+  Attributes:
+    configs: the configurations tried on every tuning seed, in the order
+      the search placed them (the grid first).
+    needed: the configurations to run next (some tuning seed missing);
+      empty once the budget is spent.
+    chosen: the best of ``configs`` once the budget is spent, else None.
+    edge: ``chosen`` is at an edge of what was tried (:func:`at_edge`).
+  """
+
+  configs: tuple[dict[str, float], ...]
+  needed: tuple[dict[str, float], ...]
+  chosen: dict[str, float] | None
+  edge: bool
+
+
+def search(
+  rows: list[dict[str, Any]],
+  task: str,
+  name: str,
+  *,
+  trials: int = TRIALS,
+  budget: int = BUDGET,
+  seeds: tuple[int, ...] = TUNE_SEEDS,
+  quick: bool = False,
+  sha256: str | None = None,
+) -> Search:
+  """The tuning of (``task``, ``name``) from the rows so far: the grid
+  (:func:`grid`, ``trials`` configurations), then :func:`propose` until
+  ``budget`` configurations were tried on every seed of ``seeds``. The
+  same budget for every optimizer; the placement follows from the rows
+  alone, so every process filling the file places the same ones, and a
+  configuration already in the file is reused."""
+  tune = _tune_rows(rows, task, name, quick, sha256)
+
+  def mine(config: dict[str, float]) -> list[dict[str, Any]]:
+    return [r for r in tune if r["config"] == config and r["seed"] in seeds]
+
+  def tried(config: dict[str, float]) -> bool:
+    return {r["seed"] for r in mine(config)} == set(seeds)
+
+  configs = grid(task, name, trials)
+  missing = [c for c in configs if not tried(c)]
+  if missing:
+    return Search(tuple(c for c in configs if tried(c)), tuple(missing), None, False)
+  scores = [_score(mine(c)) for c in configs]
+  while len(configs) < budget:
+    following = propose(configs, scores, trials)
+    if not tried(following):
+      return Search(tuple(configs), (following,), None, False)
+    configs.append(following)
+    scores.append(_score(mine(following)))
+  best = configs[min(range(len(configs)), key=lambda i: (scores[i], i))]
+  return Search(tuple(configs), (), best, at_edge(best, configs))
+
+
+Entry = tuple[
+  str, str, str, int, dict[str, float]
+]  # task, optimizer, phase, seed, config
+
+
+def _sha256(task: str, name: str) -> str | None:
+  plugin = registry.get(grok_optimizer(task, name)[0]).plugin
+  return None if plugin is None else plugin.sha256
+
+
+def cell_search(
+  sweep: Sweep, rows: list[dict[str, Any]], task: str, name: str
+) -> Search:
+  """:func:`search` of a cell with the sweep's budget and seeds."""
+  return search(rows, task, name, trials=sweep.trials, budget=sweep.budget,
+                seeds=sweep.tune_seeds, quick=sweep.quick,
+                sha256=_sha256(task, name))  # fmt: skip
+
+
+def _mine(
+  sweep: Sweep, rows: list[dict[str, Any]], task: str, name: str
+) -> list[dict[str, Any]]:
+  sha256 = _sha256(task, name)
+  return [
+    r for r in rows
+    if r["task"] == task and r["optimizer"] == name
+    and bool(r.get("quick")) == sweep.quick
+    and (r.get("plugin") or {}).get("sha256") == sha256
+  ]  # fmt: skip
+
+
+def next_runs(
+  sweep: Sweep, rows: list[dict[str, Any]], task: str, name: str, upgrades: bool
+) -> tuple[list[Entry], bool]:
+  """The runs the cell (``task``, ``name``) needs next, in order, and whether
+  its evaluation waits for tuning rows.
+
+  Without ``upgrades``: the tuning search's next configurations on the
+  tuning seeds (:func:`search`), then the chosen configuration on the
+  evaluation seeds (a row of it written before the stable-grokking fields
+  existed is rerun). With ``upgrades``: the reruns of the cell's other rows
+  without those fields (the tables do not need them; every row gets them)."""
+  mine = _mine(sweep, rows, task, name)
+  done = {(r["phase"], r["seed"], json.dumps(r["config"], sort_keys=True))
+          for r in mine if complete(r)}  # fmt: skip
+
+  def todo(phase: str, seeds: tuple[int, ...], config: dict[str, float]) -> list[Entry]:
+    key = json.dumps(config, sort_keys=True)
+    return [(task, name, phase, seed, config) for seed in seeds
+            if (phase, seed, key) not in done]  # fmt: skip
+
+  if upgrades:
+    phases = {"tune", "eval"} if sweep.phase == "both" else {sweep.phase}
+    return [(task, name, r["phase"], r["seed"], r["config"]) for r in mine
+            if not complete(r) and r["phase"] in phases], False  # fmt: skip
+  runs: list[Entry] = []
+  state = cell_search(sweep, rows, task, name)
+  if sweep.phase in ("tune", "both"):
+    for config in state.needed:
+      tuned = {
+        r["seed"] for r in mine if r["phase"] == "tune" and r["config"] == config
+      }
+      runs += [(task, name, "tune", seed, config) for seed in sweep.tune_seeds
+               if seed not in tuned]  # fmt: skip
+  if sweep.phase in ("eval", "both"):
+    if state.chosen is None:
+      return runs, True
+    runs += todo("eval", sweep.eval_seeds, state.chosen)
+  return runs, False
+
+
+def plan(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> list[Entry]:
+  """The runs the options ask for next, from ``rows`` (default: none), in
+  the order they run: task by task, optimizer by optimizer, the tuning
+  search before the evaluation (which needs the search done), then the
+  reruns that give old rows the stable-grokking fields. With no rows: the
+  grid's tuning runs (the search places the rest once they are in)."""
+  rows = rows or []
+  cells = [(task, name) for task in sweep.tasks for name in optimizers_of(sweep, task)]
   entries = []
-  for task in sweep.tasks:
-    for name in optimizers_of(sweep, task):
-      if sweep.phase in ("tune", "both"):
-        for seed in sweep.tune_seeds:
-          for config in grid(task, name, sweep.trials):
-            entries.append((task, name, "tune", seed, config))
-      if sweep.phase in ("eval", "both"):
-        for seed in sweep.eval_seeds:
-          entries.append((task, name, "eval", seed, {}))
+  for upgrades in (False, True):
+    for task, name in cells:
+      entries += next_runs(sweep, rows, task, name, upgrades)[0]
   return entries
 
 
@@ -730,10 +1024,14 @@ def print_grid(sweep: Sweep) -> None:
   """The grid and budget of every selected task and optimizer."""
   mode = "--quick" if sweep.quick else "full"
   print(
-    f"{mode}: {sweep.trials} configurations per optimizer, each on tuning seeds "
-    f"{list(sweep.tune_seeds)}; the chosen one on evaluation seeds "
-    f"{list(sweep.eval_seeds)}; {sweep.trials * len(sweep.tune_seeds)} tuning runs "
-    f"+ {len(sweep.eval_seeds)} evaluation runs per optimizer and task"
+    f"{mode}: {sweep.budget} configurations per optimizer, each on tuning seeds "
+    f"{list(sweep.tune_seeds)}: the grid of {sweep.trials} below, then "
+    f"{sweep.budget - sweep.trials} placed by the search (from the best so far: "
+    f"past the edge of what was tried, x{EDGE_STEP:g}, then x{EDGE_STEP**2:g}, "
+    f"x{EDGE_STEP**3:g}, ..., else the midpoint towards its better neighbour); "
+    f"the best on evaluation seeds {list(sweep.eval_seeds)}; "
+    f"{sweep.budget * len(sweep.tune_seeds)} tuning runs + {len(sweep.eval_seeds)} "
+    "evaluation runs per optimizer and task"
   )
   for task in sweep.tasks:
     spec = TASKS[task]
@@ -750,54 +1048,82 @@ def print_grid(sweep: Sweep) -> None:
       print(f"  {name:16s} {grok_name} {' '.join(extra)}: {configs}")
 
 
+def _run(sweep: Sweep, entry: Entry) -> dict[str, Any] | None:
+  """Claim and train one run, appending its row; None when another process
+  has it or it failed (printed)."""
+  task, name, phase, seed, config = entry
+  plugin = _plugin_field(grok_optimizer(task, name)[0])
+  key = row_key(dict(task=task, optimizer=name, phase=phase, seed=seed, config=config,
+                     quick=sweep.quick, **plugin))  # fmt: skip
+  if not claim(sweep.jsonl, key):
+    return None
+  row = train_row(task, name, phase, seed, config, sweep.quick)
+  append(sweep.jsonl, row)
+  shown = " ".join(f"{k}={v:g}" for k, v in config.items())
+  print(
+    f"{task} {name} {phase} seed {seed} {shown}: steps {row['steps_to_target']}, "
+    f"stable {row['stable_steps_to_target']} (cap {row['cap_steps']}, "
+    f"{row['seconds_run']:.1f} s)",
+    flush=True,
+  )
+  return row
+
+
 def main(argv: list[str] | None = None) -> None:
-  """Run every missing row of the plan, appending each to ``--jsonl``."""
+  """Run every run the sweep needs, appending each row to ``--jsonl``: the
+  tuning searches and evaluations of every cell first, then the reruns that
+  give older rows the stable-grokking fields. Cells are revisited until
+  nothing is left (or ``--max-runs``); a run another process is training is
+  waited for when nothing else is left."""
   sweep = parse_args(argv)
   if sweep.print_grid:
     print_grid(sweep)
     return
   print(_threads.describe(), flush=True)
+  completed = complete_unreached(sweep.jsonl)
+  if completed:
+    print(f"{completed} rows that never reached the target got the stable fields")
   ran = 0
+  failed: set[str] = set()
+  trained: set[str] = set()
   waiting: list[str] = []
-  failed: list[str] = []
-  for task, name, phase, seed, config in plan(sweep):
-    if phase == "eval":
-      plugin = registry.get(grok_optimizer(task, name)[0]).plugin
-      chosen = choose(
-        read_rows(sweep.jsonl), task, name, grid(task, name, sweep.trials),
-        sweep.tune_seeds, sweep.quick, None if plugin is None else plugin.sha256,
-      )  # fmt: skip
-      if chosen is None:
-        waiting.append(f"{task}/{name}")
-        continue
-      config = chosen
-    key = row_key(dict(task=task, optimizer=name, phase=phase, seed=seed,
-                       config=config, quick=sweep.quick,
-                       **_plugin_field(grok_optimizer(task, name)[0])))  # fmt: skip
-    if not claim(sweep.jsonl, key):
-      continue
-    try:
-      row = train_row(task, name, phase, seed, config, sweep.quick)
-    except Exception as error:  # one broken run must not end a long sweep
-      failed.append(f"{task}/{name}/{phase}/seed {seed}")
-      print(f"{task} {name} {phase} seed {seed}: FAILED: {error!r}", flush=True)
-      continue
-    append(sweep.jsonl, row)
-    ran += 1
-    shown = " ".join(f"{k}={v:g}" for k, v in config.items())
-    print(
-      f"{task} {name} {phase} seed {seed} {shown}: steps {row['steps_to_target']} "
-      f"(cap {row['cap_steps']}, {row['seconds_run']:.1f} s)",
-      flush=True,
-    )
-    if sweep.max_runs is not None and ran >= sweep.max_runs:
-      break
+  cells = [(task, name) for task in sweep.tasks for name in optimizers_of(sweep, task)]
+  for upgrades in (False, True):
+    while sweep.max_runs is None or ran < sweep.max_runs:
+      progressed, elsewhere = False, False
+      waiting = [] if not upgrades else waiting
+      for task, name in cells:
+        entries, waits = next_runs(sweep, read_rows(sweep.jsonl), task, name, upgrades)
+        if waits:
+          waiting.append(f"{task}/{name}")
+        for entry in entries:
+          if repr(entry) in failed or repr(entry) in trained:
+            continue
+          try:
+            row = _run(sweep, entry)
+          except Exception as error:  # one broken run must not end a long sweep
+            failed.add(repr(entry))
+            print(f"{' '.join(map(str, entry[:4]))}: FAILED: {error!r}", flush=True)
+            continue
+          if row is None:
+            elsewhere = True
+            continue
+          ran += 1
+          trained.add(repr(entry))  # never twice in one process, whatever its row
+          progressed = True
+          break  # the cell's next runs follow from this row
+        if sweep.max_runs is not None and ran >= sweep.max_runs:
+          break
+      if not progressed:
+        if not elsewhere:
+          break
+        time.sleep(10)  # another process trains what is left: wait for its rows
   if waiting:
-    cells = ", ".join(dict.fromkeys(waiting))
-    print(f"eval waits for tune rows of: {cells}; rerun when they are in")
+    cells_ = ", ".join(dict.fromkeys(waiting))
+    print(f"eval waits for tune rows of: {cells_}; rerun when they are in")
   print(f"{ran} runs appended to {sweep.jsonl}")
   if failed:
-    listed = ", ".join(failed)
+    listed = ", ".join(sorted(failed))
     print(f"{len(failed)} runs failed (no row; a rerun retries them): {listed}")
     sys.exit(1)
 

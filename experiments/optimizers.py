@@ -219,6 +219,22 @@ def egdm(
   )
 
 
+def egdm_kernels(
+  config: OptimizerConfig, first_kernel: Path | None = None
+) -> optax.GradientTransformation:
+  """:func:`egdm` on the leaves ``muon`` treats as matrices: every kernel,
+  the 3-D attention kernels as ``matrix_dimension_numbers`` flattens them;
+  AdamW on the rest (embeddings included)."""
+  return optax_egd.egdm(
+    config.schedule(config.lr),
+    momentum=momentum("egdm-kernels", config),
+    weight_decay=config.weight_decay,
+    key=config.seed,
+    method=config.polar_method,
+    dimension_numbers=matrix_dimension_numbers,
+  )
+
+
 def preconditioned(
   name: str, base_name: str, config: OptimizerConfig, first_kernel: Path
 ) -> optax.GradientTransformation:

@@ -41,8 +41,12 @@ def results_config(args: RunConfig) -> dict[str, Any]:
   }
 
 
-def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
-  """One run as a JSON-ready dict."""
+def run_record(
+  name: str, seed: int, result: RunResult, stop_rule: str = "first", max_epochs: int = 0
+) -> dict[str, Any]:
+  """One run as a JSON-ready dict; with ``stop_rule="stable"`` (the run went
+  on until the target held from its last crossing ``s`` through ``2·s`` or
+  ``max_epochs``) also the stable-grokking fields."""
   h = result.history
   curves = dataclasses.asdict(h)
   has_egd = any(flag is not None for flag in h.egd_enabled)
@@ -66,6 +70,11 @@ def run_record(name: str, seed: int, result: RunResult) -> dict[str, Any]:
   }
   if has_egd:
     record["egd_off_epoch"] = result.egd_off_epoch
+  if stop_rule == "stable":
+    stable = result.stable_epochs_to_target(max_epochs)
+    record["stable_epochs_to_target"] = stable
+    record["stable_steps_to_target"] = stable and stable * result.steps_per_epoch
+    record["fell_back"] = result.fell_back
   return record
 
 

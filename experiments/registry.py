@@ -352,6 +352,16 @@ SPECS: dict[str, OptimizerSpec] = {
       centre={"mlp": 0.1, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
     ),
     OptimizerSpec(
+      "egdm-kernels",
+      _BUILD + "egdm_kernels",
+      ("lr", "momentum", "weight_decay", "warmup_steps", "polar_method"),
+      "sgd",
+      label="egdm (muon's leaves)",
+      tune=("lr", "weight_decay"),
+      defaults={"momentum": EGDM_MOMENTUM},
+      centre={"mlp": 0.1, "parity": 0.02, "transformer": 0.06, "mnist": 0.02},
+    ),
+    OptimizerSpec(
       "adam-egd",
       _BUILD + "egd_on_smoothed",
       (

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 # Options a resumed run may change; any other option must match the checkpoint's.
 RESUMABLE_CHANGES = frozenset(
-  {"max_epochs", "no_stop", "checkpoint_every", "resume", "overwrite", "no_progress"}
+  {"max_epochs", "no_stop", "stop_rule", "checkpoint_every", "resume", "overwrite"}
+  | {"no_progress"}
   | {"out"}
   | {"seed", "seeds", "optimizer", "optimizers"}
 )

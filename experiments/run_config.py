@@ -41,6 +41,7 @@ MODULAR = ("mod_add", "mod_sub", "mod_mul", "mod_div", "grokfast_mul")
 Encoding = Literal["onehot", "tokens"]  # tasks.Encoding
 LossKind = Literal["cross_entropy", "mse", "stablemax_cross_entropy"]  # train.LossKind
 TrainMetrics = Literal["minibatch", "full"]
+StopRule = Literal["first", "stable"]  # experiments.train.StopRule
 MNIST_IMAGES = 5000  # the images tasks.mnist reads; n_train of them train
 
 # Hyperparameters per task (and model) from the papers: EGD's for modular
@@ -161,8 +162,8 @@ def _knob_help(name: str) -> str:
   """``--help``'s default of optimizer option ``name``: the value most of its
   optimizers use, the others' own, and which optimizers read it.
 
-  >>> _knob_help("momentum")[:67]
-  'default 0.0 (egdm 0.95; momentum-egd, momentum-egd-first-layer 0.9)'
+  >>> _knob_help("momentum")[:81]
+  'default 0.0 (egdm, egdm-kernels 0.95; momentum-egd, momentum-egd-first-layer 0.9)'
   >>> _knob_help("muon_lr")
   'default 0.02 unless the task sets it; read by muon'
   """
@@ -393,6 +394,13 @@ class RunConfig:
   )
   no_stop: bool = _field(
     False, flag="store_true", help="keep training after the target accuracy"
+  )
+  stop_rule: StopRule = _field(
+    "first",
+    choices=get_args(StopRule),
+    help="first: stop at the first epoch at the target accuracy; stable: go on "
+    "until it has held from its last crossing, epoch s, through epoch 2·s (or "
+    "--max-epochs), which measures stable grokking (default {default})",
   )
   egd_off_at: float | None = _field(
     type=number(0, 1), help="switch EGD off once test accuracy reaches this"

@@ -105,6 +105,7 @@ def train_config(args: RunConfig) -> TrainConfig:
     max_epochs=args.max_epochs,
     target_accuracy=given(args.target_accuracy),
     stop_at_target=not args.no_stop,
+    stop_rule=args.stop_rule,
     egd_off_at=args.egd_off_at,
     train_metrics=args.train_metrics,
   )

@@ -18,11 +18,13 @@ run time: the two give the same compiled program as hand-written JAX).
 
 :func:`start` compiles the epoch function ahead of time (and runs one
 throwaway warm-up epoch), so the per-epoch seconds that :func:`train` records
-exclude compilation; :func:`train` runs epochs until the test accuracy reaches
-``target_accuracy`` or ``max_epochs``. It can switch EGD off
-(``optax.tree.set(opt_state, enabled=False)``, same shapes, no recompilation)
-once the test accuracy crosses ``egd_off_at``, as the official scripts do at
-95%.
+exclude compilation; :func:`train` runs epochs until the test accuracy
+reaches ``target_accuracy`` (``TrainConfig.stop_rule="first"``), until it has held
+there from its last crossing at epoch ``s`` through epoch ``2·s``
+(``"stable"``, which measures stable grokking), or until ``max_epochs``.
+It can switch EGD off (``optax.tree.set(opt_state, enabled=False)``, same
+shapes, no recompilation) once the test accuracy crosses ``egd_off_at``, as
+the official scripts do at 95%.
 
 The loss is the data loss plus ``0.5 · l2 · Σ‖W‖²`` over the kernels (as the
 official scripts' ``W1``, ``W2``; biases are not decayed); reported losses are
@@ -46,6 +48,7 @@ from experiments.tasks import Dataset
 from optax_egd.spectrum import spectrum
 
 LossKind = Literal["cross_entropy", "mse", "stablemax_cross_entropy"]
+StopRule = Literal["first", "stable"]
 Metrics = dict[str, jax.Array]
 EpochFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, Any, Metrics]]
 METRIC_NAMES = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -67,7 +70,12 @@ class TrainConfig:
     max_epochs: epochs to run at most.
     target_accuracy: test accuracy whose first epoch is recorded (and where
       training stops when ``stop_at_target``).
-    stop_at_target: stop at ``target_accuracy``.
+    stop_at_target: stop at ``target_accuracy`` (by ``stop_rule``).
+    stop_rule: ``"first"``: stop at the first epoch at the target;
+      ``"stable"``: stop once the target has held at every epoch from the
+      start ``s`` of the current run of epochs at the target through epoch
+      ``2·s`` (or at ``max_epochs``), so that
+      :meth:`RunResult.stable_epochs_to_target` is measured.
     egd_off_at: switch EGD off once test accuracy reaches this; None: never.
     train_metrics: ``"minibatch"``: train loss and accuracy are the means of
       the epoch's minibatches, each taken before its update (free);
@@ -86,6 +94,7 @@ class TrainConfig:
   max_epochs: int = 2000
   target_accuracy: float = 0.95
   stop_at_target: bool = True
+  stop_rule: StopRule = "first"
   egd_off_at: float | None = None
   train_metrics: Literal["minibatch", "full"] = "minibatch"
   spectrum_of: tuple[str | int, ...] | None = None
@@ -124,6 +133,9 @@ class RunResult:
   warm-up epoch are in ``compile_seconds``).
   ``egd_off_epoch`` is the epoch after which EGD was switched off.
   ``steps_per_epoch`` is the number of optimizer steps in an epoch.
+  ``streak_start`` is the first epoch of the current run of epochs at the
+  target (None when the last epoch is below it); ``fell_back`` says that the
+  test accuracy fell below the target at some epoch after first reaching it.
   """
 
   history: History
@@ -132,6 +144,26 @@ class RunResult:
   epochs_to_target: int | None = None
   seconds_to_target: float | None = None
   egd_off_epoch: int | None = None
+  streak_start: int | None = None
+  fell_back: bool = False
+
+  def stable_epochs_to_target(self, max_epochs: int) -> int | None:
+    """The epoch stable grokking began: the start ``s`` of the run of epochs
+    at the target that lasts through epoch ``min(2·s, max_epochs)`` (the
+    horizon); None when the recorded epochs do not show one (a run stopped
+    by ``stop_rule="first"`` shows none unless it went on to the horizon).
+
+    >>> acc = [0.2, 0.96, 0.5, 0.97, 0.98, 0.99, 0.99]  # target 0.95
+    >>> r = RunResult(History(test_acc=acc), 0.0, epochs_to_target=2,
+    ...               streak_start=4, fell_back=True)
+    >>> r.stable_epochs_to_target(max_epochs=100)  # epoch 8 not seen yet
+    >>> r.stable_epochs_to_target(max_epochs=7)  # held to the cap
+    4
+    """
+    s = self.streak_start
+    if s is None or self.history.epochs < min(2 * s, max_epochs):
+      return None
+    return s
 
   @property
   def steps_to_target(self) -> int | None:
@@ -373,6 +405,19 @@ def start(
   return compiled, Run(params, opt_state, result)
 
 
+def finished(result: RunResult, config: TrainConfig) -> bool:
+  """Whether a run stops after its recorded epochs (``max_epochs``, or the
+  target by ``config.stop_rule`` when ``config.stop_at_target``)."""
+  epochs = result.history.epochs
+  if epochs >= config.max_epochs:
+    return True
+  if not config.stop_at_target:
+    return False
+  if config.stop_rule == "first":
+    return result.epochs_to_target is not None
+  return result.streak_start is not None and epochs >= 2 * result.streak_start
+
+
 def train(
   compiled: Callable[..., Any],
   run: Run,
@@ -386,13 +431,11 @@ def train(
   so a resumed run repeats an uninterrupted one. ``on_epoch`` is called after
   every epoch with the updated run (progress bars, checkpoints).
   """
-  result, history = run.result, run.result.history
-  while history.epochs < config.max_epochs and not (
-    config.stop_at_target and result.epochs_to_target is not None
-  ):
+  result = run.result
+  while not finished(result, config):
     t0 = time.perf_counter()
     run.params, run.opt_state, metrics = compiled(
-      run.params, run.opt_state, key, jnp.asarray(history.epochs, jnp.int32)
+      run.params, run.opt_state, key, jnp.asarray(result.history.epochs, jnp.int32)
     )
     metrics = jax.device_get(metrics)
     seconds = time.perf_counter() - t0
@@ -414,9 +457,15 @@ def _after_epoch(
   epoch EGD goes off; True when the caller must switch EGD off now."""
   history = result.history
   _record(history, metrics, seconds, egd_on)
-  if result.epochs_to_target is None and metrics["test_acc"] >= config.target_accuracy:
+  at_target = metrics["test_acc"] >= config.target_accuracy
+  if result.epochs_to_target is None and at_target:
     result.epochs_to_target = history.epochs
     result.seconds_to_target = sum(history.seconds)
+  if not at_target:
+    result.fell_back = result.fell_back or result.epochs_to_target is not None
+    result.streak_start = None
+  elif result.streak_start is None:
+    result.streak_start = history.epochs
   if (
     config.egd_off_at is not None
     and result.egd_off_epoch is None
@@ -525,10 +574,7 @@ def train_vectorized(
   key = jnp.stack(keys)
 
   def still_going(i: int) -> bool:
-    result = runs[i].result
-    return result.history.epochs < config.max_epochs and not (
-      config.stop_at_target and result.epochs_to_target is not None
-    )
+    return not finished(runs[i].result, config)
 
   active = [still_going(i) for i in range(n)]
   epoch = 0

@@ -711,7 +711,10 @@ def test_grok_help_shows_each_optimizers_own_default(capsys):
   )  # one line per option
   lines = parser.format_help().splitlines()
   line = next(line for line in lines if line.strip().startswith("--momentum "))
-  assert "default 0.0 (egdm 0.95; momentum-egd, momentum-egd-first-layer 0.9)" in line
+  assert (
+    "default 0.0 (egdm, egdm-kernels 0.95; momentum-egd, momentum-egd-first-layer 0.9)"
+    in line
+  )
   line = next(line for line in lines if line.strip().startswith("--muon-lr "))
   assert "default 0.02" in line and line.endswith("read by muon"), line
 
@@ -731,3 +734,21 @@ def test_resume_ignores_what_older_checkpoints_stored_of_unread_options(
   monkeypatch.setattr(Checkpointer, "check", lambda self: older | {"lr": 0.5})
   line = usage_error(capsys, grok.check_resume, args)
   assert "--lr 0.5 (now 0.7)" in line and "--adam-lr" not in line, line
+
+
+def test_grok_stop_rule_stable_records_stable_grokking(tmp_path):
+  """`--stop-rule stable` goes on past the first epoch at the target until
+  it has held through 2·s, and results.json says where stable grokking began
+  (EGD on the paper's task: about 12 epochs, seconds)."""
+  out = tmp_path / "run"
+  grok.main(["--out", str(out), "--optimizer", "egd", "--max-epochs", "40",
+             "--stop-rule", "stable", "--no-progress"])  # fmt: skip
+  run = json.loads((out / "results.json").read_text())["runs"][0]
+  s = run["stable_epochs_to_target"]
+  assert run["epochs_to_target"] is not None and s is not None
+  assert run["epochs"] == min(2 * s, 40) > run["epochs_to_target"]
+  assert all(acc >= 0.95 for acc in run["curves"]["test_acc"][s - 1 :])
+  assert run["fell_back"] == any(
+    acc < 0.95 for acc in run["curves"]["test_acc"][run["epochs_to_target"] :]
+  )
+  assert run["stable_steps_to_target"] == s * run["steps_per_epoch"]

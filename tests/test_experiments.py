@@ -427,7 +427,9 @@ def test_cli_writes_json_and_png(tmp_path):
     results["config"]
   )
   assert results["hyperparameters"]["sgd"] == {
-    "lr": 0.7, "momentum": 0.0, "warmup_steps": 0
+    "lr": 0.7,
+    "momentum": 0.0,
+    "warmup_steps": 0,
   }
   assert [r["optimizer"] for r in results["runs"]] == ["egd", "sgd"]
   egd_run = results["runs"][0]
@@ -521,3 +523,44 @@ def test_warmup_ramps_the_learning_rate(name):
   plain, warm = sizes
   assert warm[0] == 0.0 and 0 < warm[1] < warm[2] < warm[3]
   assert warm[4:] == pytest.approx(plain[4:], rel=1e-5)
+
+
+def _scripted_run(accuracies, **config):
+  """`train.train` on a stand-in epoch function whose test accuracy at epoch
+  i is accuracies[i]: the stop rule alone decides how many epochs run."""
+
+  def compiled(params, opt_state, key, epoch):
+    acc = accuracies[int(epoch)]
+    return params, opt_state, dict(train_loss=0.0, train_acc=1.0, test_loss=0.0,
+                                   test_acc=acc)  # fmt: skip
+
+  run = train.Run(None, {}, train.RunResult(train.History(), 0.0, steps_per_epoch=3))
+  config = train.TrainConfig(max_epochs=len(accuracies), **config)
+  return train.train(compiled, run, jax.random.key(0), config).result, config
+
+
+def test_stable_stop_rule_measures_stable_grokking():
+  # At the target at epoch 2, below at 3, back at 4 and held: stable from 4,
+  # checked through epoch 8 (2·4), where the stable rule stops.
+  accuracies = [0.1, 0.96, 0.5, 0.97, 0.98, 0.99, 0.99, 0.99, 0.99, 0.2, 0.1, 0.1]
+  result, config = _scripted_run(accuracies, stop_rule="stable")
+  assert result.history.epochs == 8
+  assert result.epochs_to_target == 2 and result.fell_back
+  assert result.stable_epochs_to_target(config.max_epochs) == 4
+  # The first rule stops at epoch 2 and has seen no stable grokking.
+  first, config = _scripted_run(accuracies)
+  assert first.history.epochs == 2 and first.epochs_to_target == 2
+  assert (
+    not first.fell_back and first.stable_epochs_to_target(config.max_epochs) is None
+  )
+  # Held to the cap before epoch 2·s: stable, checked through the cap.
+  result, config = _scripted_run([0.1, 0.1, 0.1, 0.96, 0.97], stop_rule="stable")
+  assert result.history.epochs == 5 and result.stable_epochs_to_target(5) == 4
+  # Below the target at the cap: reached, fell back, never stable.
+  result, config = _scripted_run([0.1, 0.96, 0.96, 0.5], stop_rule="stable")
+  assert result.history.epochs == 4 and result.fell_back
+  assert result.epochs_to_target == 2 and result.stable_epochs_to_target(4) is None
+  # --no-stop runs to the cap whatever the rule; the fields are still right.
+  result, _ = _scripted_run(accuracies, stop_rule="stable", stop_at_target=False)
+  assert result.history.epochs == 12 and result.stable_epochs_to_target(12) is None
+  assert result.streak_start is None and result.fell_back

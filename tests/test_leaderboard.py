@@ -39,11 +39,13 @@ def quick_rows(tmp_path_factory):
 def test_quick_writes_every_row_once_and_resumes(quick_rows):
   path, first, rows = quick_rows
   assert path.read_text() == first  # the rerun trained nothing
-  assert len(rows) == 4
+  assert len(rows) == leaderboard.QUICK_BUDGET + 2
   for row in rows:
     for field in ("task", "optimizer", "phase", "seed", "config", "steps_to_target",
-                  "epochs_to_target", "seconds", "cap_steps", "machine", "date", "jax"):
+                  "epochs_to_target", "seconds", "cap_steps", "machine", "date", "jax",
+                  *leaderboard.STABLE_FIELDS):  # fmt: skip
       assert field in row, field
+    assert "--stop-rule stable" in row["command"]
     assert row["task"] == "add97-mlp" and row["optimizer"] == "baseline"
     assert row["cap_steps"] >= leaderboard.QUICK_CAP_STEPS
     assert row["epochs_run"] == row["cap_epochs"] or row["steps_to_target"] is not None
@@ -52,7 +54,13 @@ def test_quick_writes_every_row_once_and_resumes(quick_rows):
   assert {r["seed"] for r in tune} == set(leaderboard.QUICK_TUNE_SEEDS)
   assert {r["seed"] for r in evals} == set(leaderboard.QUICK_EVAL_SEEDS)
   assert not {r["seed"] for r in tune} & {r["seed"] for r in evals}
-  assert [r["config"] for r in tune] == leaderboard.grid("add97-mlp", "baseline", 2)
+  configs = [r["config"] for r in tune]
+  assert configs[:2] == leaderboard.grid("add97-mlp", "baseline", 2)
+  # The third, placed by the search: a step past the edge of the best so far.
+  assert configs[2] == leaderboard.propose(
+    configs[:2], [leaderboard._score([r]) for r in tune[:2]]
+  )
+  assert configs[2] not in configs[:2]
 
 
 def test_eval_runs_the_best_tune_config(quick_rows):
@@ -93,16 +101,47 @@ def test_claims_keep_two_fills_apart(tmp_path):
   (tmp_path / "rows.jsonl.claims").open("a").write(json.dumps(dead) + "\n")
   assert leaderboard.claim(path, "d")  # a dead process's claim is void
   row = {"task": "t", "optimizer": "o", "phase": "tune", "seed": 0, "config": {},
-         "quick": False, "x": float("nan")}  # fmt: skip
+         "quick": False, "x": float("nan"), "stable_steps_to_target": 9,
+         "stable_epochs_to_target": 1, "fell_back": False}  # fmt: skip
   leaderboard.append(path, row)
   done = leaderboard.row_key(leaderboard.read_rows(path)[0])
   assert not leaderboard.claim(path, done)
   assert leaderboard.read_rows(path)[0]["x"] is None
 
 
+def test_old_rows_get_the_stable_fields_none_dropped(tmp_path):
+  """A row from before the stable measure: unreached, it takes the fields
+  from what it shows; reached, its run is claimable again and the rerun's row
+  replaces it in place, keeping the old steps under "replaced"."""
+  path = tmp_path / "rows.jsonl"
+  old = dict(task="t", optimizer="o", phase="eval", quick=False, cap_epochs=10,
+             epochs_run=10, date="old")  # fmt: skip
+  lr = {"config": {"lr": 1.0}}
+  rows = [old | lr | dict(seed=0, steps_to_target=None),
+          old | lr | dict(seed=1, steps_to_target=90, epochs_run=5),
+          old | lr | dict(seed=2, steps_to_target=None, epochs_run=3)]  # fmt: skip
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert leaderboard.complete_unreached(path) == 1
+  unreached, reached, stopped = leaderboard.read_rows(path)
+  assert unreached["stable_steps_to_target"] is None and not unreached["fell_back"]
+  assert leaderboard.complete(unreached) and unreached["stable_derived"]
+  # Reached (stable unknown), or stopped before the cap: no fields made up.
+  assert not leaderboard.complete(reached) and not leaderboard.complete(stopped)
+  assert not leaderboard.claim(path, leaderboard.row_key(unreached))
+  assert leaderboard.claim(path, leaderboard.row_key(reached))
+  rerun = reached | dict(steps_to_target=90, stable_steps_to_target=108,
+                         stable_epochs_to_target=12, fell_back=True,
+                         date="new")  # fmt: skip
+  leaderboard.append(path, rerun)
+  after = leaderboard.read_rows(path)
+  assert len(after) == 3 and after[0] == unreached and after[2] == stopped
+  assert after[1] == rerun | {"replaced": {"steps_to_target": 90, "date": "old"}}
+  assert leaderboard.complete_unreached(path) == 0  # idempotent
+
+
 def test_every_optimizer_has_the_same_budget_and_valid_options():
   for task in leaderboard.TASKS:
-    for name in leaderboard.ALL_OPTIMIZERS:
+    for name in leaderboard.TRANSFORMER_OPTIMIZERS:
       configs = leaderboard.grid(task, name)
       assert len(configs) == leaderboard.TRIALS, (task, name)
       assert len({json.dumps(c) for c in configs}) == leaderboard.TRIALS
@@ -141,7 +180,8 @@ def test_print_grid_states_the_budget(capsys):
   argv = ["--print-grid", "--tasks", "grokfast", "--optimizers", "muon,baseline"]
   leaderboard.main(argv)
   out = capsys.readouterr().out
-  assert f"{leaderboard.TRIALS} configurations per optimizer" in out
+  assert f"{leaderboard.BUDGET} configurations per optimizer" in out
+  assert f"the grid of {leaderboard.TRIALS} below" in out
   assert "tuning seeds [100, 101]" in out and "evaluation seeds [0, 1, 2, 3, 4]" in out
   assert "muon_lr=0.03 adam_weight_decay=0" in out
   assert "adam_lr=0.001 adam_weight_decay=1" in out
@@ -196,31 +236,90 @@ def test_two_processes_fill_one_file_without_repeats(tmp_path):
   procs = [subprocess.Popen(argv, cwd=ROOT) for _ in range(2)]
   assert [p.wait(timeout=300) for p in procs] == [0, 0]
   keys = [leaderboard.row_key(r) for r in leaderboard.read_rows(path)]
-  assert len(keys) == len(set(keys)) == 4
+  assert len(keys) == len(set(keys)) == 2 * leaderboard.QUICK_BUDGET
+
+
+_BASE = dict(quick=False, cap_steps=1000, cap_epochs=100, best_test_acc=0.5,
+             machine=dict(cpu="cpu", cpus=2, backend="cpu", load_average=1.0),
+             date="2026-12-02T15:00:00+00:00", jax="0.10.2")  # fmt: skip
+
+
+def _row(name, phase, seed, config, steps, stable="same", fell_back=False):
+  stable = steps if stable == "same" else stable
+  return _BASE | dict(task="grokfast", optimizer=name, phase=phase, seed=seed,
+                      config=config, steps_to_target=steps,
+                      epochs_to_target=steps and steps // 10,
+                      seconds=steps and steps / 10, stable_steps_to_target=stable,
+                      stable_epochs_to_target=stable and stable // 10,
+                      fell_back=fell_back)  # fmt: skip
+
+
+def _tune(rows, name, steps_of):
+  """Tune rows of ``name`` on grokfast until its search is done: each
+  configuration the search places gets ``steps_of(config)`` on every seed."""
+  while True:
+    state = leaderboard.search(rows, "grokfast", name)
+    if not state.needed:
+      return state
+    for config in state.needed:
+      for seed in leaderboard.TUNE_SEEDS:
+        rows.append(_row(name, "tune", seed, config, steps_of(config)))
 
 
 def _synthetic_rows():
   rows = []
-  base = dict(quick=False, cap_steps=1000, cap_epochs=100, best_test_acc=0.5,
-              machine=dict(cpu="cpu", cpus=2, backend="cpu", load_average=1.0),
-              date="2026-12-02T15:00:00+00:00", jax="0.10.2")  # fmt: skip
-  for name in ("muon", "grokfast-ema"):
-    configs = leaderboard.grid("grokfast", name)
-    for seed in leaderboard.TUNE_SEEDS:
-      for i, config in enumerate(configs):
-        steps = 100 * (i + 2) if name == "muon" else None
-        rows.append(base | dict(task="grokfast", optimizer=name, phase="tune",
-                                seed=seed, config=config, steps_to_target=steps,
-                                epochs_to_target=steps and steps // 10,
-                                seconds=steps and steps / 10))  # fmt: skip
-  chosen = leaderboard.grid("grokfast", "muon")[0]
+  # muon: fewest steps at learning rate 0.02, below the grid (0.03-0.12): the
+  # search walks off the grid's lower edge and the best is inside.
+  muon = _tune(rows, "muon", lambda c: 100 + round(abs(c["muon_lr"] - 0.02) * 1e4)
+               + round(c["adam_weight_decay"] * 1e3))  # fmt: skip
+  _tune(rows, "grokfast-ema", lambda c: None)
   eval_steps = (300, 200, None, 250, 400)
   for seed, steps in zip(leaderboard.EVAL_SEEDS, eval_steps, strict=True):
-    rows.append(base | dict(task="grokfast", optimizer="muon", phase="eval", seed=seed,
-                            config=chosen, steps_to_target=steps,
-                            epochs_to_target=steps and steps // 10,
-                            seconds=steps and steps / 10))  # fmt: skip
+    rows.append(_row("muon", "eval", seed, muon.chosen, steps))
   return rows
+
+
+def test_search_walks_off_an_edge_on_one_budget():
+  rows = _synthetic_rows()
+  muon = leaderboard.search(rows, "grokfast", "muon")
+  grid = leaderboard.grid("grokfast", "muon")
+  assert len(muon.configs) == leaderboard.BUDGET and muon.configs[:6] == tuple(grid)
+  # The grid's best (lr 0.03, decay 0) is at its lower edge: a step past it
+  # (x2: 0.015, better, still the edge), another (x4: 0.00375, worse); 0.015
+  # is inside: midpoints towards the better neighbour (0.03, then 0.015).
+  assert muon.configs[6:] == tuple(
+    {"muon_lr": lr, "adam_weight_decay": 0.0}
+    for lr in (0.015, 0.00375, 0.02121, 0.01784)
+  )
+  assert muon.chosen == {"muon_lr": 0.02121, "adam_weight_decay": 0.0}
+  assert not muon.edge
+  # Rows of the search reused: a second look places nothing new.
+  assert leaderboard.search(rows, "grokfast", "muon").needed == ()
+  # Still better past the last step: chosen at the edge, and flagged.
+  far = []
+  state = _tune(far, "muon", lambda c: 100 + round(c["muon_lr"] * 1e5))
+  # Steps x2, x4, x8, x16 below the grid's 0.03.
+  assert [c["muon_lr"] for c in state.configs[6:]] == [0.015, 0.00375, 0.0004687,
+                                                      2.929e-05]  # fmt: skip
+  assert state.chosen == state.configs[-1] and state.edge
+  # Nothing reaches the target: every config ties; the search still spends the
+  # budget (the same for every optimizer).
+  ema = leaderboard.search(rows, "grokfast", "grokfast-ema")
+  assert len(ema.configs) == leaderboard.BUDGET and ema.chosen is not None
+
+
+def test_propose_steps_off_the_edge_of_the_best_line_only():
+  configs = [{"lr": lr, "wd": wd} for wd in (0.0, 0.1) for lr in (1.0, 2.0, 4.0)]
+  # Best: lr 4 at decay 0.1 (the top of its line): go up on that line.
+  scores = [(50, 0)] * 5 + [(10, 0)]
+  assert leaderboard.propose(configs, scores) == {"lr": 8.0, "wd": 0.1}
+  # Best: lr 2 at decay 0 (inside): the midpoint towards the better neighbour.
+  scores = [(30, 0), (10, 0), (20, 0)] + [(50, 0)] * 3
+  assert leaderboard.propose(configs, scores) == {"lr": 2.828, "wd": 0.0}
+  scores = [(20, 0), (10, 0), (30, 0)] + [(50, 0)] * 3
+  assert leaderboard.propose(configs, scores) == {"lr": 1.414, "wd": 0.0}
+  # Ties go to the earlier config: lr 1 at decay 0, the bottom edge.
+  assert leaderboard.propose(configs, [(10, 0)] * 6) == {"lr": 0.5, "wd": 0.0}
 
 
 def test_page_generator_on_a_small_jsonl(tmp_path):
@@ -234,9 +333,13 @@ def test_page_generator_on_a_small_jsonl(tmp_path):
   text = out.read_text()
   # muon: 4 of 5 reached; median of (200, 250, 300, 400, > cap) is 300,
   # quartiles 250 and 400.
-  muon = "| muon | muon_lr=0.03 adam_weight_decay=0 (edge) | 4/5 | 300 [250–400] "
+  # Stable: the same steps (none fell back); seconds 30 [25-40].
+  muon = ("| muon | muon_lr=0.02121 adam_weight_decay=0 | 4/5 | 300 [250–400] | 4/5 "
+          "| 300 [250–400] | 0/5 | 30.0 [25.0–40.0] | done |")  # fmt: skip
   assert muon in text
-  assert "| 30 [25–40] |" in text and "| done |" in text
+  assert "**0 of 1 done cells are at such an edge.**" in text
+  assert (figures / "leaderboard_overview.png").read_bytes()[:4] == b"\x89PNG"
+  assert "](figures/leaderboard_overview.png)" in text
   # grokfast-ema never reached the target: tuned (first config), eval not run.
   assert "evaluating: 0/5 seeds" in text
   total = sum(len(t.optimizers) for t in leaderboard.TASKS.values())
@@ -248,35 +351,53 @@ def test_page_generator_on_a_small_jsonl(tmp_path):
   assert not (figures / "leaderboard_add97-mlp.png").exists()
 
 
-def test_summary_ranks_done_cells_and_sets_egdm_against_muon():
+def test_summary_ranks_both_measures_with_a_paired_interval():
+  from experiments import leaderboard_stats as stats
+
   rows = _synthetic_rows()
-  base = {k: rows[0][k] for k in ("quick", "cap_steps", "cap_epochs", "best_test_acc",
-                                  "machine", "date", "jax")}  # fmt: skip
-  for i, config in enumerate(leaderboard.grid("grokfast", "egdm")):
-    for seed in leaderboard.TUNE_SEEDS:
-      rows.append(base | dict(task="grokfast", optimizer="egdm", phase="tune",
-                              seed=seed, config=config, steps_to_target=150 + i,
-                              epochs_to_target=15, seconds=1.0))  # fmt: skip
-  chosen = leaderboard.grid("grokfast", "egdm")[0]
-  eval_steps = (180, 220, 210, None, 190)
-  for seed, steps in zip(leaderboard.EVAL_SEEDS, eval_steps, strict=True):
-    rows.append(base | dict(task="grokfast", optimizer="egdm", phase="eval", seed=seed,
-                            config=chosen, steps_to_target=steps,
-                            epochs_to_target=steps and steps // 10,
-                            seconds=steps and steps / 10))  # fmt: skip
+  egdm = _tune(rows, "egdm", lambda c: 150)
+  # egdm: first at target (180, 220, 210, miss, 190), median 210; seed 1 fell
+  # back and held from 600 on, so stable (180, 600, 210, miss, 190), median 210;
+  # seed 2 first-at-target 210 but never stable (fell back to the cap).
+  first = (180, 220, 210, None, 190)
+  stable = (180, 600, None, None, 190)
+  for seed, steps, held in zip(leaderboard.EVAL_SEEDS, first, stable, strict=True):
+    rows.append(_row("egdm", "eval", seed, egdm.chosen, steps, held,
+                     fell_back=held != steps))  # fmt: skip
   table = make_leaderboard.ranking(make_leaderboard.tables(rows))
-  # egdm: median of (180, 190, 210, 220, > cap) is 210; muon 300 (see above).
+  muon = (300, 200, None, 250, 400)
+  want = stats.ratio_of_medians(first, muon, 1000)
+  assert want.ratio == 210 / 300
+  p = stats.sign_flip_test(first, muon, 1000)
+  want_stable = stats.ratio_of_medians(stable, muon, 1000)
+  assert want_stable.ratio == 600 / 300  # stable: (180, 190, 600, cap, cap)
   assert table[2:] == [
-    "| grokfast | 2 | egdm 210, muon 300 | egdm 210 | muon 300 | 210 vs 300 |"
+    "| grokfast | 2 | egdm 210, muon 300 | muon 300, egdm 600 "
+    f"| egdm vs muon: ×0.70 [{want.low:.2f}–{want.high:.2f}], "
+    f"**{stats.verdict(want)}** (p = {p:.2g}) "
+    f"| egdm vs muon: ×2.00 [{want_stable.low:.2f}–{want_stable.high:.2f}], "
+    f"**{stats.verdict(want_stable)}** "
+    f"(p = {stats.sign_flip_test(stable, muon, 1000):.2g}) |"
+  ]
+  assert make_leaderboard.differences(make_leaderboard.tables(rows)) == [
+    "- grokfast: first at target egdm, muon; stable muon, egdm."
   ]
   # One done cell is no ranking.
   assert make_leaderboard.ranking(make_leaderboard.tables(_synthetic_rows()))[2:] == []
   # A cell whose median seed missed the target is not ranked.
   for row in rows:
     if row["optimizer"] == "egdm" and row["phase"] == "eval":
-      row["steps_to_target"] = None
+      row["steps_to_target"] = row["stable_steps_to_target"] = None
   assert make_leaderboard.ranking(make_leaderboard.tables(rows))[2:] == [
-    "| grokfast | 2 | muon 300 | – | muon 300 | > 1000 vs 300 |"
+    "| grokfast | 2 | muon 300 | muon 300 | – | – |"
+  ]
+  # Rows without the stable fields: that measure is pending, not zero.
+  for row in rows:
+    if row["optimizer"] == "muon":
+      del row["stable_steps_to_target"]
+  tables = make_leaderboard.tables(rows)
+  assert make_leaderboard.ranking(tables)[2:] == [
+    "| grokfast | 2 | muon 300 | pending: muon | – | – |"
   ]
 
 
@@ -292,7 +413,8 @@ def test_a_failed_run_writes_no_row_and_the_sweep_goes_on(
       raise FloatingPointError("diverged")
     return dict(task=task, optimizer=name, phase=phase, seed=seed, config=config,
                 quick=quick, steps_to_target=None, cap_steps=8, seconds_run=0.0,
-                best_test_acc=0.1)  # fmt: skip
+                best_test_acc=0.1, stable_steps_to_target=None,
+                stable_epochs_to_target=None, fell_back=False)  # fmt: skip
 
   monkeypatch.setattr(leaderboard, "train_row", fake)
   with pytest.raises(SystemExit) as info:
@@ -336,7 +458,6 @@ def test_page_generator_rewrites_only_the_readme_block(tmp_path):
   with pytest.raises(SystemExit) as info:
     make_leaderboard.main(argv)
   assert info.value.code == 2
-
 
 
 def test_every_grid_tunes_knobs_its_optimizer_reads():
@@ -405,7 +526,7 @@ def test_the_documented_plugin_runs_from_a_temp_dir(tmp_path):
   jsonl = tmp_path / argv[argv.index("--jsonl") + 1]
   rows = leaderboard.read_rows(jsonl)
   sha256 = hashlib.sha256(plugin.read_bytes()).hexdigest()
-  assert len(rows) == len(leaderboard.QUICK_TUNE_SEEDS) * leaderboard.QUICK_TRIALS + (
+  assert len(rows) == len(leaderboard.QUICK_TUNE_SEEDS) * leaderboard.QUICK_BUDGET + (
     len(leaderboard.QUICK_EVAL_SEEDS)
   )
   name = rows[0]["optimizer"]
@@ -415,23 +536,53 @@ def test_the_documented_plugin_runs_from_a_temp_dir(tmp_path):
     assert row["quick"] and f"--plugin {plugin.name}" in row["command"]
   assert {r["phase"] for r in rows} == {"tune", "eval"}
   out = tmp_path / "page.md"
-  make_leaderboard.main(["--quick", "--jsonl", str(jsonl),
-                         "--out", str(out), "--figures", str(tmp_path / "fig")])
+  make_leaderboard.main(
+    [
+      "--quick",
+      "--jsonl",
+      str(jsonl),
+      "--out",
+      str(out),
+      "--figures",
+      str(tmp_path / "fig"),
+    ]
+  )
   page = out.read_text()
   assert f"| {name} (plugin) | `{plugin.name}` (`{sha256[:12]}`) |" in page
 
 
 def test_the_options_are_a_typed_sweep_and_a_sweep_plans_without_argv():
   sweep = leaderboard.parse_args(["--quick", "--print-grid", "--phase", "tune"])
-  assert sweep == leaderboard.Sweep(tasks=leaderboard.QUICK_TASKS,
-                                    optimizers=leaderboard.QUICK_OPTIMIZERS,
-                                    phase="tune", quick=True, print_grid=True)
+  assert sweep == leaderboard.Sweep(
+    tasks=leaderboard.QUICK_TASKS,
+    optimizers=leaderboard.QUICK_OPTIMIZERS,
+    phase="tune",
+    quick=True,
+    print_grid=True,
+  )
   both = dataclasses.replace(sweep, phase="both", optimizers=("egd",))
+  # No rows: the grid's tuning runs (the search and the evaluation follow
+  # from their rows).
   entries = leaderboard.plan(both)
-  assert [e[2] for e in entries] == ["tune"] * leaderboard.QUICK_TRIALS + ["eval"] * 2
+  assert [e[2] for e in entries] == ["tune"] * leaderboard.QUICK_TRIALS
   assert {e[1] for e in entries} == {"egd"}
-  evals = leaderboard.plan(dataclasses.replace(both, phase="eval"))
-  assert [e[2:4] for e in evals] == [("eval", 0), ("eval", 1)]
+  assert leaderboard.plan(dataclasses.replace(both, phase="eval")) == []
+  # With the grid's rows: the search's next configuration, still no eval.
+  rows = [dict(task=e[0], optimizer=e[1], phase=e[2], seed=e[3], config=e[4],
+               quick=True, steps_to_target=None, cap_steps=8, best_test_acc=0.1,
+               stable_steps_to_target=None, stable_epochs_to_target=None,
+               fell_back=False) for e in entries]  # fmt: skip
+  following = leaderboard.plan(both, rows)
+  assert len(following) == 1 and following[0][4] not in [e[4] for e in entries]
+  # With the whole budget: the evaluation seeds of the best configuration,
+  # then the reruns of the rows without the stable fields.
+  rows.append(rows[0] | dict(config=following[0][4]))
+  del rows[1]["fell_back"]
+  last = leaderboard.plan(both, rows)
+  chosen = leaderboard.search(rows, "add97-mlp", "egd", trials=2, budget=3,
+                              seeds=(100,), quick=True).chosen  # fmt: skip
+  evals = [("add97-mlp", "egd", "eval", seed, chosen) for seed in (0, 1)]
+  assert last == [*evals, ("add97-mlp", "egd", "tune", 100, rows[1]["config"])]
 
 
 def test_typed_run_options_are_the_rows_command_line():
@@ -448,3 +599,55 @@ def test_typed_run_options_are_the_rows_command_line():
         ), (task, name, quick)
   with pytest.raises(TypeError, match="has no option --learning-rate"):
     grok.options(learning_rate=0.1)
+
+
+def test_egdm_kernels_acts_on_the_leaves_muon_treats_as_matrices():
+  """On a transformer, `egdm-kernels` gives every kernel, the 3-D attention
+  kernels included, a polar factor of its matrix (flattened as muon's
+  dimension numbers flatten it) and the other leaves, embeddings included,
+  AdamW; `egdm` gives the 3-D attention kernels AdamW."""
+  from flax import nnx
+
+  from experiments import models, optimizers, runs
+  from experiments.registry import OptimizerConfig
+
+  options = leaderboard.TASKS["add97-transformer"].quick_options
+  args = grok.resolve(grok.options(**options))
+  _, model, _ = runs.setup(args, 0)
+  params = nnx.state(model, nnx.Param)
+  grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape),
+                       params)  # fmt: skip
+
+  def leaves(tree):
+    return {models.path_keys(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)}  # fmt: skip
+
+  def unit(x):
+    return x / np.linalg.norm(x)
+
+  def matrix(path, x):  # as matrix_dimension_numbers flattens it
+    return (
+      x.reshape(-1, x.shape[-1]) if path[-2] == "out" else x.reshape(x.shape[0], -1)
+    )
+
+  def kind(path, update, grad):
+    if np.allclose(unit(update), unit(-np.sign(grad)), atol=1e-4):
+      return "adamw"
+    u, _, vt = np.linalg.svd(matrix(path, grad), full_matrices=False)
+    polar = (u @ vt).reshape(grad.shape)
+    assert np.allclose(unit(update), unit(-polar), atol=1e-4), path
+    return "egd"
+
+  g = leaves(grads)
+  kinds = {}
+  for name in ("egdm", "egdm-kernels"):
+    opt = optimizers.build(name, OptimizerConfig(lr=1.0, momentum=0.0), None)
+    update = leaves(opt.update(grads, opt.init(params), params)[0])
+    kinds[name] = {path: kind(path, update[path], g[path]) for path in g}
+  kernels = {path for path in g if models.is_kernel(path)}
+  attention = {path for path in kernels if g[path].ndim == 3}
+  assert attention and any("embed" in str(path) for path in g)
+  assert {p for p, k in kinds["egdm-kernels"].items() if k == "egd"} == kernels
+  assert {p for p, k in kinds["egdm"].items() if k == "egd"} == {
+    path for path in g if g[path].ndim == 2
+  }

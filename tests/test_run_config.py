@@ -32,7 +32,8 @@ def test_unset_is_none_until_resolve():
   assert isinstance(config, RunConfig)
   fields = run_config.option_fields()
   defaults = {f.name for f in fields if f.default is not None}
-  assert defaults == {"task", "max_epochs", "no_stop", "spectrum", "train_metrics",
+  assert defaults == {"task", "max_epochs", "no_stop", "stop_rule", "spectrum",
+                      "train_metrics",
                       "seed", "seeds", "vectorize_seeds", "out", "overwrite",
                       "checkpoint_every", "resume", "no_progress"}  # fmt: skip
   assert all(getattr(config, f.name) is None for f in fields if f.name not in defaults)
@@ -70,7 +71,9 @@ def test_help_shows_each_fields_default_where_it_applies():
     assert f"default {default}" in text or name == "encoding", (name, text)
   assert "(default 2000)" in by_dest["max_epochs"].help
   assert "(default runs/grok)" in by_dest["out"].help
-  assert by_dest["momentum"].help.startswith("in [0, 1); default 0.0 (egdm 0.95")
+  assert by_dest["momentum"].help.startswith(
+    "in [0, 1); default 0.0 (egdm, egdm-kernels 0.95"
+  )
 
 
 def test_task_and_model_options_come_from_the_field_metadata():
