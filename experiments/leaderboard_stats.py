@@ -279,13 +279,16 @@ def _draw_overview(
     ax.set_title(panel_title)
     ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(optimizers)), optimizers, fontsize=8)
-    ax.xaxis.set_minor_locator(FixedLocator(np.arange(len(tasks) + 1) - 0.5))
-    ax.yaxis.set_minor_locator(FixedLocator(np.arange(len(optimizers) + 1) - 0.5))
+    ax.xaxis.set_minor_locator(FixedLocator([j - 0.5 for j in range(len(tasks) + 1)]))
+    ax.yaxis.set_minor_locator(
+      FixedLocator([i - 0.5 for i in range(len(optimizers) + 1)])
+    )
     ax.grid(which="minor", color="white", lw=1.5)
     ax.tick_params(which="minor", length=0)
     for spine in ax.spines.values():
       spine.set_visible(False)
   axes[1].tick_params(which="both", left=False, labelleft=False)
+  assert image is not None  # two panels were drawn
   bar = fig.colorbar(image, ax=axes, extend="max", shrink=0.9, aspect=25)
   ticks = [t for t in (1, 2, 3, 5, 10, 30) if t <= CLIP_RATIO]
   bar.set_ticks(ticks, labels=[f"{t:g}x" for t in ticks])
