@@ -35,6 +35,7 @@ matplotlib.use("Agg")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from experiments import hypotheses as hyp  # noqa: E402
 from experiments import leaderboard  # noqa: E402
 from experiments import leaderboard_stats as stats  # noqa: E402
 
@@ -463,6 +464,55 @@ def draw_overview(by_task: dict[str, list[dict[str, Any]]], path: pathlib.Path) 
   )
 
 
+def hypothesis_lines(
+  task: str,
+  table: list[dict[str, Any]],
+  rows: list[dict[str, Any]],
+  hypothesis_rows: list[dict[str, Any]],
+) -> list[str]:
+  """The task's hypotheses (:data:`experiments.hypotheses.HYPOTHESES`): each
+  statement, its command, and one sentence of result from its rows (medians
+  of both measures against the compared cell's, with the paired interval)."""
+  out = []
+  by_name = {c["name"]: c for c in table}
+  for name, h in hyp.HYPOTHESES.items():
+    if h.task != task:
+      continue
+    config = hyp.config_of(h, rows)
+    mine = sorted(
+      (r for r in hypothesis_rows if r.get("hypothesis") == name
+       and r["config"] == config and r["seed"] in leaderboard.EVAL_SEEDS),
+      key=lambda r: r["seed"],
+    )  # fmt: skip
+    against = by_name[h.compare or h.optimizer]
+    change = ", ".join(f"{k} {v}" for k, v in h.change.items())
+    head = f"- **{h.statement}** (`python -m experiments.hypotheses --only {name}`)"
+    if len(mine) < len(leaderboard.EVAL_SEEDS) or against["status"] != "done":
+      out.append(f"{head}: not run yet ({len(mine)} of "
+                 f"{len(leaderboard.EVAL_SEEDS)} seeds).")  # fmt: skip
+      continue
+    cap = max(r["cap_steps"] for r in mine)
+    cell = {"name": f"{h.optimizer} with {change}", "evals": mine}
+    texts = []
+    for kind, label in (("steps", "first at target"), ("stable", "stable")):
+      if kind == "stable" and not against["stable"]:
+        texts.append("stable: pending")
+        continue
+      interval, verdict, _ = compare(cell, against, kind)
+      texts.append(
+        f"{label} {show(_median_steps(cell, kind), cap)} against "
+        f"{show(_median_steps(against, kind), cap)} (×{interval.ratio:.2f} "
+        f"[{interval.low:.2f}–{interval.high:.2f}], {verdict})"
+      )
+    out.append(
+      f"{head}: {h.optimizer} with {change}, median steps over seeds 0–4 against "
+      f"tuned {against['name']}: " + "; ".join(texts) + "."
+    )
+  if out:
+    out = ["Hypotheses for the order on this task, each one experiment:", "", *out, ""]
+  return out
+
+
 README_START = "<!-- leaderboard table: python docs/make_leaderboard.py -->"
 README_END = "<!-- end of leaderboard table -->"
 # The README's "Results at a glance": tasks and optimizers (column titles).
@@ -580,6 +630,7 @@ def page(
   figures: pathlib.Path,
   figure_link: str,
   quick: bool = False,
+  hypothesis_rows: list[dict[str, Any]] | None = None,
 ) -> str:
   """The markdown of the page (``by_task``: :func:`tables` of ``rows``, of the
   ``--quick`` rows with ``quick``); draws the figures into ``figures``."""
@@ -688,6 +739,8 @@ def page(
     ]
     if task in NOTES:
       sections += [NOTES[task], ""]
+    if not quick:
+      sections += hypothesis_lines(task, table, rows, hypothesis_rows or [])
     if not any(c["tune"] or c["evals"] for c in table):
       sections += ["Not run yet.", ""]
       continue
@@ -784,6 +837,12 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--jsonl", type=pathlib.Path,
                  default=ROOT / leaderboard.DEFAULT_JSONL)  # fmt: skip
   p.add_argument("--out", type=pathlib.Path, default=DOCS / "leaderboard.md")
+  p.add_argument(
+    "--hypotheses",
+    type=pathlib.Path,
+    default=ROOT / hyp.DEFAULT_JSONL,
+    help="the rows of python -m experiments.hypotheses (default: the committed ones)",
+  )
   p.add_argument("--figures", type=pathlib.Path, default=DOCS / "figures")
   p.add_argument(
     "--readme", type=pathlib.Path, default=None,
@@ -812,7 +871,8 @@ def main(argv: list[str] | None = None) -> None:
   )
   rows = leaderboard.read_rows(args.jsonl)
   by_task = tables(rows, args.quick)
-  text = page(rows, by_task, args.figures, link, args.quick)
+  hypothesis_rows = leaderboard.read_rows(args.hypotheses)
+  text = page(rows, by_task, args.figures, link, args.quick, hypothesis_rows)
   args.out.write_text(text)
   print(f"wrote {args.out}")
   if args.readme is not None:
