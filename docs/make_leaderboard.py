@@ -363,7 +363,11 @@ def compare(
   cap = max(r["cap_steps"] for c in (a, b) for r in c["evals"])
   values = [_steps([mine[seed] for seed in seeds], kind) for mine in by_seed]
   interval = stats.ratio_of_medians(values[0], values[1], cap)
-  return interval, stats.verdict(interval), stats.sign_flip_test(*values, cap)
+  return (
+    interval,
+    stats.verdict(interval),
+    stats.sign_flip_test(values[0], values[1], cap),
+  )
 
 
 def _versus(a: dict[str, Any] | None, b: dict[str, Any] | None, kind: str) -> str:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_leaderboard import _row, _synthetic_rows, make_leaderboard
 
 from experiments import hypotheses, leaderboard
-from test_leaderboard import _row, _synthetic_rows, make_leaderboard
 
 TEST = hypotheses.Hypothesis(
   "grokfast", "muon", {"warmup_steps": 0}, "Muon's warmup slows it down."
