@@ -50,10 +50,11 @@ def test_a_hypothesis_runs_the_tuned_config_with_its_change_once(files, monkeypa
   table = make_leaderboard.tables(board_rows)["grokfast"]
   lines = make_leaderboard.hypothesis_lines("grokfast", table, board_rows, rows)
   line = next(x for x in lines if "test-warmup" in x)
-  assert line.startswith("- **Muon's warmup slows it down.** (`python -m "
-                         "experiments.hypotheses --only test-warmup`): muon with "
-                         "warmup_steps 0, median steps over seeds 0–4 against "
-                         "tuned muon: first at target 102 against 300 (×0.34 [")  # fmt: skip
+  assert line.startswith(
+    "- **Muon's warmup slows it down.** (`python -m experiments.hypotheses --only "
+    "test-warmup`): muon with warmup_steps 0, median steps over seeds 0–4 against "
+    "tuned muon: first at target 102 against 300 (×0.34 ["
+  )
   # Without rows: said plainly.
   lines = make_leaderboard.hypothesis_lines("grokfast", table, board_rows, [])
   assert any("test-warmup" in x and "not run yet (0 of 5 seeds)" in x for x in lines)
