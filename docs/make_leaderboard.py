@@ -488,29 +488,37 @@ def hypothesis_lines(
        and r["config"] == config and r["seed"] in leaderboard.EVAL_SEEDS),
       key=lambda r: r["seed"],
     )  # fmt: skip
-    against = by_name[h.compare or h.optimizer]
+    targets = [
+      by_name[n] for n in dict.fromkeys([h.optimizer, h.compare or h.optimizer])
+    ]
     change = ", ".join(f"{k} {v}" for k, v in h.change.items())
     head = f"- **{h.statement}** (`python -m experiments.hypotheses --only {name}`)"
-    if len(mine) < len(leaderboard.EVAL_SEEDS) or against["status"] != "done":
+    if len(mine) < len(leaderboard.EVAL_SEEDS) or any(
+      t["status"] != "done" for t in targets
+    ):
       out.append(f"{head}: not run yet ({len(mine)} of "
                  f"{len(leaderboard.EVAL_SEEDS)} seeds).")  # fmt: skip
       continue
     cap = max(r["cap_steps"] for r in mine)
     cell = {"name": f"{h.optimizer} with {change}", "evals": mine}
-    texts = []
-    for kind, label in (("steps", "first at target"), ("stable", "stable")):
-      if kind == "stable" and not against["stable"]:
-        texts.append("stable: pending")
-        continue
-      interval, verdict, _ = compare(cell, against, kind)
-      texts.append(
-        f"{label} {show(_median_steps(cell, kind), cap)} against "
-        f"{show(_median_steps(against, kind), cap)} (×{interval.ratio:.2f} "
-        f"[{interval.low:.2f}–{interval.high:.2f}], {verdict})"
-      )
+    parts = []
+    for against in targets:
+      texts = []
+      for kind, label in (("steps", "first at target"), ("stable", "stable")):
+        if kind == "stable" and not against["stable"]:
+          texts.append("stable: pending")
+          continue
+        interval, verdict, _ = compare(cell, against, kind)
+        texts.append(
+          f"{label} {show(_median_steps(cell, kind), cap)} against "
+          f"{show(_median_steps(against, kind), cap)} (×{interval.ratio:.2f} "
+          f"[{interval.low:.2f}–{interval.high:.2f}], {verdict})"
+        )
+      parts.append(f"against tuned {against['name']}: " + "; ".join(texts))
     out.append(
-      f"{head}: {h.optimizer} with {change}, median steps over seeds 0–4 against "
-      f"tuned {against['name']}: " + "; ".join(texts) + "."
+      f"{head}: {h.optimizer} with {change}, median steps over seeds 0–4 "
+      + "; ".join(parts)
+      + "."
     )
   if out:
     out = ["Hypotheses for the order on this task, each one experiment:", "", *out, ""]
@@ -521,10 +529,17 @@ README_START = "<!-- leaderboard table: python docs/make_leaderboard.py -->"
 README_END = "<!-- end of leaderboard table -->"
 # The README's "Results at a glance": tasks and optimizers (column titles).
 HEADLINE_TASKS = ("add97-mlp", "mul97-mlp", "parity-400-2", "parity-100-3",
-                  "parity-50-4", "grokfast")  # fmt: skip
-HEADLINE_OPTIMIZERS = {"baseline": "baseline", "egd-first-layer": "EGD, first layer",
-                       "egd": "EGD, every matrix", "egdm": "egdm", "muon": "Muon",
-                       "column-norm": "column norm"}  # fmt: skip
+                  "parity-50-4", "grokfast", "mnist")  # fmt: skip
+HEADLINE_OPTIMIZERS = {
+  "baseline": "baseline",
+  "egd-first-layer": "EGD, first layer",
+  "egd": "EGD, every matrix",
+  "egdm": "egdm",
+  "adam-egd": "Adam → EGD",
+  "muon": "Muon",
+  "perp-adamw": "⊥AdamW",
+  "column-norm": "column norm",
+}
 
 
 def headline(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -55,6 +55,25 @@ class Hypothesis:
 
 
 HYPOTHESES: dict[str, Hypothesis] = {
+  "bs128-egd-momentum": Hypothesis(
+    "add97-mlp-bs128",
+    "egd",
+    {"momentum": 0.9},
+    "At batch 128 EGD gives every singular direction of a noisy minibatch "
+    "gradient the same step; averaging those steps with momentum 0.9 (SGD with "
+    "momentum after EGD) closes the gap to column normalization.",
+    compare="column-norm",
+  ),
+  "bs128-egd-newton-schulz": Hypothesis(
+    "add97-mlp-bs128",
+    "egd",
+    {"polar_method": "newton_schulz"},
+    "At batch 128 the exact polar factor lifts the gradient's smallest, "
+    "noise-dominated singular directions to a full step; Newton–Schulz (5 "
+    "iterations, which leave the smallest singular values below 1) closes the "
+    "gap to column normalization.",
+    compare="column-norm",
+  ),
   "mnist-perp-adamw-mse": Hypothesis(
     "mnist",
     "perp-adamw",

@@ -453,7 +453,7 @@ def test_page_generator_rewrites_only_the_readme_block(tmp_path):
   assert text.startswith(f"intro\n{make_leaderboard.README_START}\n| task | baseline")
   assert text.endswith(f"{make_leaderboard.README_END}\noutro\n")
   # muon is the only done cell: 300 median steps, 4 of 5 seeds.
-  assert "| grokfast (adamw) | – | – | – | – | 300 (4/5) | – |" in text
+  assert "| grokfast (adamw) | – | – | – | – | – | 300 (4/5) | – | – |" in text
   readme.write_text("no markers\n")
   with pytest.raises(SystemExit) as info:
     make_leaderboard.main(argv)
