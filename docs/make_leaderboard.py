@@ -502,6 +502,7 @@ def hypothesis_lines(
     cap = max(r["cap_steps"] for r in mine)
     cell = {"name": f"{h.optimizer} with {change}", "evals": mine}
     parts = []
+    verdicts = {}
     for against in targets:
       texts = []
       for kind, label in (("steps", "first at target"), ("stable", "stable")):
@@ -509,16 +510,22 @@ def hypothesis_lines(
           texts.append("stable: pending")
           continue
         interval, verdict, _ = compare(cell, against, kind)
+        if kind == "steps":
+          verdicts[against["name"]] = verdict
         texts.append(
           f"{label} {show(_median_steps(cell, kind), cap)} against "
           f"{show(_median_steps(against, kind), cap)} (×{interval.ratio:.2f} "
           f"[{interval.low:.2f}–{interval.high:.2f}], {verdict})"
         )
       parts.append(f"against tuned {against['name']}: " + "; ".join(texts))
+    if h.expect == "closes":
+      supported = verdicts[h.compare or h.optimizer] != "behind"
+    else:
+      supported = verdicts[h.optimizer] == "behind"
     out.append(
       f"{head}: {h.optimizer} with {change}, median steps over seeds 0–4 "
       + "; ".join(parts)
-      + "."
+      + (". **Supported.**" if supported else ". **Not supported.**")
     )
   if out:
     out = ["Hypotheses for the order on this task, each one experiment:", "", *out, ""]

@@ -45,6 +45,10 @@ class Hypothesis:
     statement: the hypothesis, one sentence.
     compare: the leaderboard optimizer whose evaluation rows it is set
       against (default: ``optimizer``'s own).
+    expect: what supports it, read off the paired interval of the median
+      steps to the first evaluation at the target: ``"closes"``, the changed
+      run is not behind ``compare`` (level or ahead); ``"slower"``, it is
+      behind ``optimizer``'s own tuned cell.
   """
 
   task: str
@@ -52,6 +56,11 @@ class Hypothesis:
   change: dict[str, Any]
   statement: str
   compare: str | None = None
+  expect: str = "closes"
+
+  def __post_init__(self) -> None:
+    if self.expect not in ("closes", "slower"):
+      raise ValueError(f"expect must be 'closes' or 'slower', got {self.expect!r}")
 
 
 HYPOTHESES: dict[str, Hypothesis] = {
@@ -81,6 +90,7 @@ HYPOTHESES: dict[str, Hypothesis] = {
     "⊥AdamW leads on MNIST because it trains with the StableMax cross-entropy "
     "(the leaderboard's ⊥AdamW recipe) where every other optimizer trains the "
     "task's MSE: with the MSE loss, ⊥AdamW loses its lead.",
+    expect="slower",
   ),
   "mnist-egdm-stablemax": Hypothesis(
     "mnist",

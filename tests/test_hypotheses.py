@@ -55,6 +55,8 @@ def test_a_hypothesis_runs_the_tuned_config_with_its_change_once(files, monkeypa
     "test-warmup`): muon with warmup_steps 0, median steps over seeds 0–4 against "
     "tuned muon: first at target 102 against 300 (×0.34 ["
   )
+  # 102 against 300: not behind muon, the hypothesis' "closes" holds.
+  assert line.endswith(". **Supported.**")
   # Without rows: said plainly.
   lines = make_leaderboard.hypothesis_lines("grokfast", table, board_rows, [])
   assert any("test-warmup" in x and "not run yet (0 of 5 seeds)" in x for x in lines)
