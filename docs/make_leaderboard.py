@@ -767,8 +767,10 @@ def page(
       sections += [NOTES[task], ""]
     if not quick:
       sections += hypothesis_lines(task, table, rows, hypothesis_rows or [])
+    image = figures / f"leaderboard_{task}.png"
     if not any(c["tune"] or c["evals"] for c in table):
       sections += ["Not run yet.", ""]
+      image.unlink(missing_ok=True)  # a figure of rows no longer shown
       continue
     sections += [
       "| optimizer | tuned config | reached | steps: median [IQR] "
@@ -811,9 +813,10 @@ def page(
         f"{GROKFAST_PUBLISHED['grokfast-ema']} (EMA) to 95% on this task "
         "(their run, their hardware, their hyperparameters).",
       ]
-    image = figures / f"leaderboard_{task}.png"
     if strip_plot(task, table, image):
       sections += ["", f"![steps to target on {task}]({figure_link}/{image.name})"]
+    else:
+      image.unlink(missing_ok=True)  # a figure of rows no longer shown
     sections.append("")
   statuses = [c for table in by_task.values() for c in table]
   done = sum(c["status"] == "done" for c in statuses)

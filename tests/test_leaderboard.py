@@ -327,6 +327,8 @@ def test_page_generator_on_a_small_jsonl(tmp_path):
   path = tmp_path / "rows.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
   out, figures = tmp_path / "page.md", tmp_path / "figures"
+  figures.mkdir()
+  (figures / "leaderboard_add97-mlp.png").write_bytes(b"stale")
   make_leaderboard.main(
     ["--jsonl", str(path), "--out", str(out), "--figures", str(figures)]
   )
