@@ -429,6 +429,40 @@ def differences(by_task: dict[str, list[dict[str, Any]]]) -> list[str]:
   return out
 
 
+def rerun_text(rows: list[dict[str, Any]]) -> str:
+  """What the reruns of old rows found: how many give the same first
+  crossing, and which optimizers the others belong to.
+
+  >>> text = rerun_text([dict(optimizer="egd", steps_to_target=90,
+  ...                         replaced={"steps_to_target": 99})])
+  >>> text.split("; ")[1].split(" (")[0], text.endswith("median new/old 0.91).")
+  ('the 1 others are all of egd', True)
+  """
+  reruns = [r for r in rows if r.get("replaced") is not None]
+  if not reruns:
+    return "No row has been rerun yet."
+  differ = [
+    r for r in reruns if r["replaced"]["steps_to_target"] != r["steps_to_target"]
+  ]
+  text = (
+    f"Of {len(reruns)} such reruns so far, {len(reruns) - len(differ)} gave the "
+    "same first crossing"
+  )
+  if not differ:
+    return text + "."
+  names = ", ".join(sorted({r["optimizer"] for r in differ}))
+  ratios = [
+    r["steps_to_target"] / r["replaced"]["steps_to_target"]
+    for r in differ
+    if r["steps_to_target"] and r["replaced"]["steps_to_target"]
+  ]
+  median = f": median new/old {quantile(ratios, 0.5):.2f}" if ratios else ""
+  return (
+    f"{text}; the {len(differ)} others are all of {names} (the old rows were "
+    f"measured with earlier code{median})."
+  )
+
+
 def edge_cells(by_task: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
   """How many done cells chose a learning rate at an edge of what was tried,
   and how many cells are done."""
@@ -714,11 +748,13 @@ def page(
     f"{leaderboard.STABLE_RULE} (runs go on past the first crossing until "
     "then). *Fell back*: seeds whose "
     "test accuracy dropped below the target after first reaching it. Rows "
-    "written before the stable measure existed are rerun (the same seed gives "
-    "the same first crossing; the old value is kept in the row under "
-    "`replaced`); rows that never reached the target take the fields without a "
-    "rerun. A cell's stable column is `pending` until all its evaluation rows "
-    "carry them.",
+    "written before the stable measure existed that reached the target are "
+    "rerun with the current code, and the rerun's row replaces the old one, "
+    "keeping the old steps to target under `replaced`; rows that never "
+    "reached the target take the fields without a rerun. "
+    + rerun_text(rows)
+    + " A cell's stable column is `pending` until all its evaluation rows "
+    "carry the fields.",
     "",
     "**Statistics.** Best EGD optimizer against best other, per measure: the "
     "ratio of median steps over the evaluation seeds, paired by seed, with a "

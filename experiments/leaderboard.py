@@ -652,7 +652,8 @@ def append(path: pathlib.Path, row: dict[str, Any]) -> None:
   """Append ``row`` as one line, under the lock. A row of the same run
   without the stable-grokking fields (written before they existed) is
   replaced in place by ``row``, which keeps its steps to target and date
-  under ``"replaced"`` (a rerun repeats the run: same seed, same steps)."""
+  under ``"replaced"`` (the rerun runs the current code: where that changed
+  since, its steps may differ)."""
   row = json_safe(row)
   with locked(path):
     rows = read_rows(path)
