@@ -166,22 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     if config is None:
       waiting.append(name)
       continue
+    sweep = leaderboard.Sweep(tasks=(h.task,), jsonl=args.jsonl)
     for seed in leaderboard.EVAL_SEEDS:
-      key = leaderboard.row_key(
-        dict(task=h.task, optimizer=h.optimizer, phase="hypothesis", seed=seed,
-             config=config, quick=False)
-      )  # fmt: skip
-      if not leaderboard.claim(args.jsonl, key):
-        continue
-      row = leaderboard.train_row(
-        h.task, h.optimizer, "hypothesis", seed, config, False
-      )
-      leaderboard.append(args.jsonl, {**row, "hypothesis": name})
-      print(
-        f"{name} seed {seed}: steps {row['steps_to_target']}, stable "
-        f"{row['stable_steps_to_target']} ({row['seconds_run']:.1f} s)",
-        flush=True,
-      )
+      entry = (h.task, h.optimizer, "hypothesis", seed, config)
+      leaderboard.run_entry(sweep, entry, {"hypothesis": name})
   if waiting:
     print(f"waiting for the leaderboard cells of: {', '.join(waiting)}")
 

@@ -762,15 +762,23 @@ def _score(rows: list[dict[str, Any]]) -> tuple[float, float]:
   return statistics.median(steps), -accuracy
 
 
-def _tune_rows(
+def cell_rows(
   rows: list[dict[str, Any]], task: str, name: str, quick: bool, sha256: str | None
 ) -> list[dict[str, Any]]:
+  """The rows of one cell: ``task``, optimizer ``name``, ``--quick`` or not,
+  and the plugin file with hash ``sha256`` (None: no plugin)."""
   return [
     r for r in rows
-    if r["task"] == task and r["optimizer"] == name and r["phase"] == "tune"
+    if r["task"] == task and r["optimizer"] == name
     and bool(r.get("quick")) == quick
     and (r.get("plugin") or {}).get("sha256") == sha256
   ]  # fmt: skip
+
+
+def _tune_rows(
+  rows: list[dict[str, Any]], task: str, name: str, quick: bool, sha256: str | None
+) -> list[dict[str, Any]]:
+  return [r for r in cell_rows(rows, task, name, quick, sha256) if r["phase"] == "tune"]
 
 
 def choose(
@@ -954,18 +962,6 @@ def cell_search(
                 sha256=_sha256(task, name))  # fmt: skip
 
 
-def _mine(
-  sweep: Sweep, rows: list[dict[str, Any]], task: str, name: str
-) -> list[dict[str, Any]]:
-  sha256 = _sha256(task, name)
-  return [
-    r for r in rows
-    if r["task"] == task and r["optimizer"] == name
-    and bool(r.get("quick")) == sweep.quick
-    and (r.get("plugin") or {}).get("sha256") == sha256
-  ]  # fmt: skip
-
-
 def next_runs(
   sweep: Sweep, rows: list[dict[str, Any]], task: str, name: str, upgrades: bool
 ) -> tuple[list[Entry], bool]:
@@ -977,11 +973,13 @@ def next_runs(
   evaluation seeds (a row of it written before the stable-grokking fields
   existed is rerun). With ``upgrades``: the reruns of the cell's other rows
   without those fields (the tables do not need them; every row gets them)."""
-  mine = _mine(sweep, rows, task, name)
+  mine = cell_rows(rows, task, name, sweep.quick, _sha256(task, name))
   done = {(r["phase"], r["seed"], json.dumps(r["config"], sort_keys=True))
           for r in mine if complete(r)}  # fmt: skip
 
-  def todo(phase: str, seeds: tuple[int, ...], config: dict[str, float]) -> list[Entry]:
+  def missing(
+    phase: str, seeds: tuple[int, ...], config: dict[str, float]
+  ) -> list[Entry]:
     key = json.dumps(config, sort_keys=True)
     return [(task, name, phase, seed, config) for seed in seeds
             if (phase, seed, key) not in done]  # fmt: skip
@@ -1002,7 +1000,7 @@ def next_runs(
   if sweep.phase in ("eval", "both"):
     if state.chosen is None:
       return runs, True
-    runs += todo("eval", sweep.eval_seeds, state.chosen)
+    runs += missing("eval", sweep.eval_seeds, state.chosen)
   return runs, False
 
 
@@ -1049,18 +1047,21 @@ def print_grid(sweep: Sweep) -> None:
       print(f"  {name:16s} {grok_name} {' '.join(extra)}: {configs}")
 
 
-def _run(sweep: Sweep, entry: Entry) -> dict[str, Any] | None:
-  """Claim and train one run, appending its row; None when another process
-  has it or it failed (printed)."""
+def run_entry(
+  sweep: Sweep, entry: Entry, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+  """Claim and train one run, appending its row (with the ``extra`` fields)
+  to ``sweep.jsonl`` and printing a line; None when another process has it."""
   task, name, phase, seed, config = entry
   plugin = _plugin_field(grok_optimizer(task, name)[0])
   key = row_key(dict(task=task, optimizer=name, phase=phase, seed=seed, config=config,
                      quick=sweep.quick, **plugin))  # fmt: skip
   if not claim(sweep.jsonl, key):
     return None
-  row = train_row(task, name, phase, seed, config, sweep.quick)
+  row = {**train_row(task, name, phase, seed, config, sweep.quick), **(extra or {})}
   append(sweep.jsonl, row)
-  shown = " ".join(f"{k}={v:g}" for k, v in config.items())
+  shown = " ".join(f"{k}={v:g}" if isinstance(v, float | int) else f"{k}={v}"
+                   for k, v in config.items())  # fmt: skip
   print(
     f"{task} {name} {phase} seed {seed} {shown}: steps {row['steps_to_target']}, "
     f"stable {row['stable_steps_to_target']} (cap {row['cap_steps']}, "
@@ -1093,15 +1094,16 @@ def main(argv: list[str] | None = None) -> None:
     while sweep.max_runs is None or ran < sweep.max_runs:
       progressed, elsewhere = False, False
       waiting = [] if not upgrades else waiting
+      rows = read_rows(sweep.jsonl)  # read again after each run of this process
       for task, name in cells:
-        entries, waits = next_runs(sweep, read_rows(sweep.jsonl), task, name, upgrades)
+        entries, waits = next_runs(sweep, rows, task, name, upgrades)
         if waits:
           waiting.append(f"{task}/{name}")
         for entry in entries:
           if repr(entry) in failed or repr(entry) in trained:
             continue
           try:
-            row = _run(sweep, entry)
+            row = run_entry(sweep, entry)
           except Exception as error:  # one broken run must not end a long sweep
             failed.add(repr(entry))
             print(f"{' '.join(map(str, entry[:4]))}: FAILED: {error!r}", flush=True)
@@ -1111,6 +1113,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
           ran += 1
           trained.add(repr(entry))  # never twice in one process, whatever its row
+          rows = read_rows(sweep.jsonl)
           progressed = True
           break  # the cell's next runs follow from this row
         if sweep.max_runs is not None and ran >= sweep.max_runs:

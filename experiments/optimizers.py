@@ -207,15 +207,21 @@ def muon(
 
 
 def egdm(
-  config: OptimizerConfig, first_kernel: Path | None = None
+  config: OptimizerConfig,
+  first_kernel: Path | None = None,
+  name: str = "egdm",
+  dimension_numbers: Any = None,
 ) -> optax.GradientTransformation:
-  """``optax_egd.egdm`` with the configured ``lr``, momentum and weight decay."""
+  """``optax_egd.egdm`` with the configured ``lr``, momentum (optimizer
+  ``name``'s default when unset) and weight decay; ``dimension_numbers`` as
+  ``egdm`` takes them (None: its default, the 2-D leaves)."""
   return optax_egd.egdm(
     config.schedule(config.lr),
-    momentum=momentum("egdm", config),
+    momentum=momentum(name, config),
     weight_decay=config.weight_decay,
     key=config.seed,
     method=config.polar_method,
+    dimension_numbers=dimension_numbers,
   )
 
 
@@ -225,14 +231,7 @@ def egdm_kernels(
   """:func:`egdm` on the leaves ``muon`` treats as matrices: every kernel,
   the 3-D attention kernels as ``matrix_dimension_numbers`` flattens them;
   AdamW on the rest (embeddings included)."""
-  return optax_egd.egdm(
-    config.schedule(config.lr),
-    momentum=momentum("egdm-kernels", config),
-    weight_decay=config.weight_decay,
-    key=config.seed,
-    method=config.polar_method,
-    dimension_numbers=matrix_dimension_numbers,
-  )
+  return egdm(config, first_kernel, "egdm-kernels", matrix_dimension_numbers)
 
 
 def preconditioned(
