@@ -278,14 +278,26 @@ def strip_plot(task: str, table: list[dict[str, Any]], path: pathlib.Path) -> bo
   return True
 
 
+def _machine_name(machine: dict[str, Any]) -> str:
+  """A row's machine in words: the accelerator first where it ran on one.
+
+  >>> _machine_name(dict(cpu="AMD EPYC", cpus=2, backend="cpu"))
+  'AMD EPYC (2 CPUs, cpu)'
+  >>> _machine_name(dict(cpu="Intel Xeon", cpus=16, backend="gpu",
+  ...                    device="NVIDIA H100 80GB HBM3"))
+  'NVIDIA H100 80GB HBM3 (gpu) with Intel Xeon (16 CPUs)'
+  """
+  host = f"{machine['cpu']} ({machine['cpus']} CPUs"
+  if machine["backend"] == "cpu":
+    return f"{host}, cpu)"
+  return f"{machine.get('device', 'unnamed device')} ({machine['backend']}) with {host})"
+
+
 def machines(rows: list[dict[str, Any]]) -> str:
   """Where and when the rows were measured."""
   if not rows:
     return "no rows yet"
-  cpus = collections.Counter(
-    f"{r['machine']['cpu']} ({r['machine']['cpus']} CPUs, {r['machine']['backend']})"
-    for r in rows
-  )
+  cpus = collections.Counter(_machine_name(r["machine"]) for r in rows)
   dates = sorted(r["date"] for r in rows)
   jax_versions = sorted({r["jax"] for r in rows})
   loads = [r["machine"]["load_average"] for r in rows]
@@ -770,6 +782,7 @@ def page(
     "",
     "```bash",
     "python -m experiments.leaderboard            # every task, cheapest first",
+    "python -m experiments.leaderboard --workers 2  # two processes side by side",
     "python -m experiments.leaderboard --tasks grokfast --optimizers egdm,muon",
     "python docs/make_leaderboard.py              # this page and its figures",
     "```",

@@ -40,7 +40,13 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
-  """Where a run was measured: CPU, core count, load, BLAS threads, JAX backend."""
+  """Where a run was measured: CPU, core count, load, BLAS threads, JAX
+  backend and its first device's kind (e.g. ``"NVIDIA H100 80GB HBM3"``,
+  ``"cpu"``).
+
+  >>> sorted(machine())
+  ['backend', 'blas_threads', 'cpu', 'cpus', 'device', 'load_average']
+  """
   import jax
 
   return {
@@ -49,6 +55,7 @@ def machine() -> dict[str, Any]:
     "load_average": round(os.getloadavg()[0], 2),
     "blas_threads": _threads.describe(),
     "backend": jax.default_backend(),
+    "device": jax.devices()[0].device_kind,
   }
 
 

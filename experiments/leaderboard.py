@@ -2,13 +2,15 @@
 
 For each task and optimizer, two phases:
 
-* **tune**: every configuration of the optimizer's grid (:func:`grid`: the
-  learning rate, and the weight decay where the optimizer has one; the same
-  number of trials, :data:`TRIALS`, for every optimizer) on the tuning seeds
-  :data:`TUNE_SEEDS`. The chosen configuration (:func:`choose`) has the
-  fewest median steps to the target accuracy, a seed that does not reach it
-  counting as the cap (ties: the higher median best test accuracy, then the
-  grid's order);
+* **tune**: :data:`BUDGET` configurations for every optimizer, each on the
+  tuning seeds :data:`TUNE_SEEDS` (:func:`search`): the optimizer's grid of
+  :data:`TRIALS` (:func:`grid`: the learning rate, and the weight decay
+  where the optimizer has one), then one at a time past the edge of the
+  best's learning-rate line, or between it and its better neighbour
+  (:func:`propose`). The chosen configuration has the fewest median steps to
+  the target accuracy, a seed that does not reach it counting as the cap
+  (ties: the higher median best test accuracy, then the order tried); one
+  still at an edge of what was tried is flagged;
 * **eval**: the chosen configuration on the evaluation seeds
   :data:`EVAL_SEEDS`, disjoint from the tuning seeds.
 
@@ -27,6 +29,7 @@ in the file. ``docs/make_leaderboard.py`` renders the file as
 Example::
 
     python -m experiments.leaderboard --tasks add97-mlp --optimizers sgd,egd
+    python -m experiments.leaderboard --tasks add97-mlp --workers 2   # 2 processes
     python -m experiments.leaderboard --print-grid
     python -m experiments.leaderboard --quick --jsonl /tmp/quick.jsonl   # seconds
 
@@ -51,8 +54,10 @@ import json
 import os
 import pathlib
 import shlex
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -392,7 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--max-runs",
     type=_cli.integer(1),
-    help="stop after training this many runs (default: all)",
+    help="stop after training this many runs (default: all; with --workers, "
+    "per worker)",
+  )
+  p.add_argument(
+    "--workers",
+    type=_cli.integer(1, 64),
+    default=1,
+    help="train with this many processes side by side, each one run at a time, "
+    "all filling --jsonl (default 1; on a GPU the processes share its memory, "
+    "XLA_PYTHON_CLIENT_PREALLOCATE=false unless an XLA_PYTHON_CLIENT_* memory "
+    "variable is set)",
   )
   return p
 
@@ -419,6 +434,7 @@ class Sweep:
     jsonl: the rows file.
     max_runs: stop after training this many runs (None: all).
     print_grid: print the grids and budget instead of training.
+    workers: processes training side by side (:func:`run_workers`).
 
   >>> sweep = Sweep(tasks=("add97-mlp",), quick=True)
   >>> sweep.trials, sweep.budget, sweep.tune_seeds, sweep.eval_seeds
@@ -432,6 +448,7 @@ class Sweep:
   jsonl: pathlib.Path = DEFAULT_JSONL
   max_runs: int | None = None
   print_grid: bool = False
+  workers: int = 1
 
   @property
   def trials(self) -> int:
@@ -497,6 +514,7 @@ def parse_args(argv: list[str] | None = None) -> Sweep:
     jsonl=args.jsonl,
     max_runs=args.max_runs,
     print_grid=args.print_grid,
+    workers=args.workers,
   )
 
 
@@ -1071,6 +1089,50 @@ def run_entry(
   return row
 
 
+# Set for the workers on a GPU unless the user set one of these: without it
+# each process would take 75% of the GPU's memory at its first array.
+_GPU_MEMORY_VARIABLES = ("XLA_PYTHON_CLIENT_PREALLOCATE",
+                         "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                         "XLA_PYTHON_CLIENT_ALLOCATOR")  # fmt: skip
+
+
+def run_workers(argv: list[str], workers: int) -> int:
+  """Run ``python -m experiments.leaderboard argv`` as ``workers`` processes
+  side by side and wait for them. Returns 0 when every one succeeded, else
+  the first failing one's exit status (1 for one killed by a signal).
+
+  The processes share the rows file as separate invocations do (claims under
+  a lock: no run twice). Stopping this process (Ctrl-C, SIGTERM) stops them.
+  """
+  env = dict(os.environ)
+  if not any(name in env for name in _GPU_MEMORY_VARIABLES):
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+  command = [sys.executable, "-m", "experiments.leaderboard", *argv, "--workers", "1"]
+  print(f"{workers} workers: {shlex.join(['python', *command[1:]])}", flush=True)
+
+  def stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGTERM, stop)
+  procs: list[subprocess.Popen[bytes]] = []
+  try:
+    for _ in range(workers):
+      procs.append(subprocess.Popen(command, env=env))
+      time.sleep(1)  # staggered: each reads the rows after the last claimed
+    failed = [code for code in (proc.wait() for proc in procs) if code != 0]
+    return 0 if not failed else failed[0] if failed[0] > 0 else 1
+  except KeyboardInterrupt:
+    return 130
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.terminate()
+    for proc in procs:
+      with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> None:
   """Run every run the sweep needs, appending each row to ``--jsonl``: the
   tuning searches and evaluations of every cell first, then the reruns that
@@ -1081,6 +1143,8 @@ def main(argv: list[str] | None = None) -> None:
   if sweep.print_grid:
     print_grid(sweep)
     return
+  if sweep.workers > 1:
+    sys.exit(run_workers(sys.argv[1:] if argv is None else argv, sweep.workers))
   print(_threads.describe(), flush=True)
   completed = complete_unreached(sweep.jsonl)
   if completed:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -237,6 +239,52 @@ def test_two_processes_fill_one_file_without_repeats(tmp_path):
   assert [p.wait(timeout=300) for p in procs] == [0, 0]
   keys = [leaderboard.row_key(r) for r in leaderboard.read_rows(path)]
   assert len(keys) == len(set(keys)) == 2 * leaderboard.QUICK_BUDGET
+
+
+@pytest.mark.full
+def test_workers_fill_one_file_without_repeats(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  argv = [sys.executable, "-m", "experiments.leaderboard", "--quick", "--phase", "tune",
+          "--optimizers", "baseline,egd", "--jsonl", str(path), "--workers", "2"]  # fmt: skip
+  done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.startswith("2 workers: ")
+  keys = [leaderboard.row_key(r) for r in leaderboard.read_rows(path)]
+  assert len(keys) == len(set(keys)) == 2 * leaderboard.QUICK_BUDGET
+  # Two processes trained them (each claim names its process).
+  pids = {c["pid"] for c in leaderboard.read_rows(pathlib.Path(f"{path}.claims"))}
+  assert len(pids) == 2
+
+
+def test_stopping_the_workers_stops_their_processes(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  # Full-size runs (seconds each): both workers are still training when stopped.
+  argv = [sys.executable, "-m", "experiments.leaderboard", "--tasks", "add97-mlp",
+          "--optimizers", "egd", "--phase", "tune", "--jsonl", str(path),
+          "--workers", "2"]  # fmt: skip
+  parent = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
+  claims = pathlib.Path(f"{path}.claims")
+  try:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(leaderboard.read_rows(claims)) < 2:
+      time.sleep(0.2)  # both workers have claimed a run: both are training
+    pids = {c["pid"] for c in leaderboard.read_rows(claims)}
+    assert len(pids) == 2
+    parent.terminate()
+    assert parent.wait(timeout=60) != 0
+  finally:
+    parent.kill()
+  for pid in pids:
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_workers_option_is_checked(value, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    leaderboard.parse_args(["--workers", value])
+  assert exit_.value.code == 2
+  assert "argument --workers: must be an integer" in capsys.readouterr().err
 
 
 _BASE = dict(quick=False, cap_steps=1000, cap_epochs=100, best_test_acc=0.5,
