@@ -290,7 +290,8 @@ def _machine_name(machine: dict[str, Any]) -> str:
   host = f"{machine['cpu']} ({machine['cpus']} CPUs"
   if machine["backend"] == "cpu":
     return f"{host}, cpu)"
-  return f"{machine.get('device', 'unnamed device')} ({machine['backend']}) with {host})"
+  device = machine.get("device", "unnamed device")
+  return f"{device} ({machine['backend']}) with {host})"
 
 
 def machines(rows: list[dict[str, Any]]) -> str:

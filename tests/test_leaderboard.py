@@ -245,7 +245,8 @@ def test_two_processes_fill_one_file_without_repeats(tmp_path):
 def test_workers_fill_one_file_without_repeats(tmp_path):
   path = tmp_path / "rows.jsonl"
   argv = [sys.executable, "-m", "experiments.leaderboard", "--quick", "--phase", "tune",
-          "--optimizers", "baseline,egd", "--jsonl", str(path), "--workers", "2"]  # fmt: skip
+          "--optimizers", "baseline,egd", "--jsonl", str(path),
+          "--workers", "2"]  # fmt: skip
   done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.startswith("2 workers: ")
