@@ -254,7 +254,7 @@ def polar(
       y = polar_express_iteration(wide, schedule, precision or "float32")
     else:
       # Newton–Schulz and Polar Express are matmuls only: one batched program.
-      steps = ns_steps or DEFAULT_NS_STEPS[method]
+      steps = DEFAULT_NS_STEPS[method] if ns_steps is None else ns_steps
       y = newton_schulz_polar(wide, ns_coeffs(method, steps),
                                precision or "float32")
     y = transpose(y) if tall else y
