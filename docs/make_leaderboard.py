@@ -312,6 +312,19 @@ def machines(rows: list[dict[str, Any]]) -> str:
 # What the rows of a task show beyond its table (measured; the rows named are
 # in the JSONL).
 NOTES = {
+  "add97-mlp": (
+    "The search follows the line of its best configuration, and Adam → EGD "
+    "shows what that can miss. Its grid's best learning rate, 0.1, takes 243 "
+    "steps with weight decay 0 and with 0.1; the tie goes to the one tried "
+    "first (decay 0), and the 4 searched configurations stay on that line "
+    "(lr 0.2: 171 steps; 0.8: 585 and 630; 0.1414: 198; 0.1682: 180), so lr "
+    "0.2 is chosen (162 on the evaluation seeds). With decay 0.1, outside "
+    "this search, lr 0.4 takes 99 steps and lr 0.8 81 on both tuning seeds "
+    "and on every evaluation seed (rows of 2026-12-07 in the JSONL), against "
+    "EGD's 90 on every evaluation seed. Before the stable-grokking reruns the "
+    "tie went the other way (the old rows' best test accuracies differed) "
+    "and this table said 81."
+  ),
   "grokfast": (
     "Grokfast-EMA reaches 95% on no tuning or evaluation seed within the cap "
     "on this grid (AdamW with decoupled weight decay 0.1 or 1). The outside "
