@@ -84,7 +84,7 @@ MUTANTS = (
          "rank + (DEFAULT_OVERSAMPLE if oversample is None else oversample)",
          "rank + DEFAULT_OVERSAMPLE", (T_POLAR,)),
   Mutant("ns-steps-ignored", "Newton–Schulz/Polar Express: ns_steps ignored",
-         POLAR, "steps = ns_steps or DEFAULT_NS_STEPS[method]",
+         POLAR, "steps = DEFAULT_NS_STEPS[method] if ns_steps is None else ns_steps",
          "steps = DEFAULT_NS_STEPS[method]", (T_POLAR,)),
   Mutant("nan-guard", "a non-finite matrix gives a finite update", POLAR,
          "y = jnp.where(finite & rtol_in_range, y, jnp.nan)",
