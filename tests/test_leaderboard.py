@@ -402,6 +402,17 @@ def test_page_generator_on_a_small_jsonl(tmp_path):
   assert not (figures / "leaderboard_add97-mlp.png").exists()
 
 
+def test_summary_counts_egdm_on_muons_leaves_as_an_egd_optimizer():
+  # egdm-kernels (egdm on the leaves Muon treats as matrices) against Muon is
+  # the like-with-like comparison on the transformers: EGD's side of it.
+  rows = _synthetic_rows()
+  kernels = _tune(rows, "egdm-kernels", lambda c: 150)
+  for seed in leaderboard.EVAL_SEEDS:
+    rows.append(_row("egdm-kernels", "eval", seed, kernels.chosen, 150))
+  summary = make_leaderboard.ranking(make_leaderboard.tables(rows))[2]
+  assert "| egdm-kernels vs muon: ×0.50 [" in summary
+
+
 def test_summary_ranks_both_measures_with_a_paired_interval():
   from experiments import leaderboard_stats as stats
 
