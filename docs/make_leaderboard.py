@@ -321,9 +321,8 @@ NOTES = {
     "0.2 is chosen (162 on the evaluation seeds). With decay 0.1, outside "
     "this search, lr 0.4 takes 99 steps and lr 0.8 81 on both tuning seeds "
     "and on every evaluation seed (rows of 2026-12-07 in the JSONL), against "
-    "EGD's 90 on every evaluation seed. Before the stable-grokking reruns the "
-    "tie went the other way (the old rows' best test accuracies differed) "
-    "and this table said 81."
+    "EGD's 90 on every evaluation seed: which line the search walks, and so "
+    "this cell's result, hangs on that tie."
   ),
   "grokfast": (
     "Grokfast-EMA reaches 95% on no tuning or evaluation seed within the cap "
